@@ -1,0 +1,142 @@
+"""Checks of data files against the episodes table, and the repair for files with the wrong row groups.
+
+LeRobot's writer stores one parquet row group per episode, which is what lets a reader fetch one
+episode with one ranged read. Bulk rewrites (``df.to_parquet``, ``datasets.push_to_hub``) merge row
+groups; :func:`rewrite_row_groups` restores the layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import tempfile
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from streamnodes.errors import DatasetConsistencyError, DatasetFormatError
+
+if TYPE_CHECKING:
+    from streamnodes.format.metadata import DatasetMeta, EpisodeRef
+
+log = logging.getLogger(__name__)
+
+
+def open_parquet(meta: DatasetMeta, relative_path: str) -> pq.ParquetFile:
+    """Open a data file of ``meta`` and parse its footer, with errors that name the file."""
+    path = meta.url(relative_path)
+    try:
+        handle = meta.fs.open(path, "rb")
+    except FileNotFoundError:
+        raise DatasetFormatError(
+            f"{path}: data file missing (the episodes table points to it). Restore or re-download it."
+        ) from None
+    try:
+        return pq.ParquetFile(handle)
+    except (pa.ArrowInvalid, OSError) as e:
+        handle.close()
+        raise DatasetFormatError(
+            f"{path}: not a readable parquet file (corrupt or truncated footer: {e}). Re-download or re-write it."
+        ) from None
+
+
+def check_data_file(meta: DatasetMeta, relative_path: str, episodes: list[EpisodeRef]) -> None:
+    """Check one data file's footer against the episodes it should hold (sorted by row group)."""
+    pf = open_parquet(meta, relative_path)
+    path = meta.url(relative_path)
+    try:
+        names = set(pf.schema_arrow.names)
+        missing = [k for k in meta.data_keys if k not in names]
+        if missing:
+            raise DatasetFormatError(
+                f"{path}: columns {missing} are in meta/info.json features but not in this data file "
+                f"(it has {sorted(names)}). Re-write the data file or remove those features from info.json."
+            )
+        md = pf.metadata
+        ep_desc = [(ep.episode_index, ep.length) for ep in episodes]
+        if md.num_row_groups != len(episodes) or any(
+            md.row_group(i).num_rows != ep.length for i, ep in enumerate(episodes)
+        ):
+            groups = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+            raise DatasetConsistencyError(
+                f"{path}: {md.num_row_groups} row groups with {groups} rows, but the episodes table puts "
+                f"{len(episodes)} episodes (index, length) {ep_desc} in it; streamnodes needs one row group "
+                f"per episode (LeRobot's writer guarantees it; bulk rewrites break it). Repair the file with "
+                f"streamnodes.format.rewrite_row_groups({path!r})."
+            )
+        index_col = pf.schema_arrow.get_field_index("index")
+        for i, ep in enumerate(episodes):
+            stats = md.row_group(i).column(index_col).statistics if index_col >= 0 else None
+            if stats is not None and stats.has_min_max:
+                if (int(stats.min), int(stats.max)) != (ep.dataset_from_index, ep.dataset_to_index - 1):
+                    raise DatasetConsistencyError(
+                        f"{path}: row group {i} holds global index {stats.min}..{stats.max}, but episode "
+                        f"{ep.episode_index} is [{ep.dataset_from_index}, {ep.dataset_to_index}) in the episodes "
+                        f"table. Re-write the episodes table or repair the file with rewrite_row_groups."
+                    )
+    finally:
+        pf.close(force=True)
+
+
+def check_data_files(meta: DatasetMeta, *, max_threads: int = 8) -> None:
+    """Check every data file of ``meta`` (footers only; in parallel for remote datasets)."""
+    by_file: dict[str, list[EpisodeRef]] = defaultdict(list)
+    for ep in meta.episodes:
+        by_file[ep.data_path].append(ep)
+    jobs = [(path, sorted(eps, key=lambda e: e.row_group)) for path, eps in by_file.items()]
+    threads = max(1, min(max_threads, len(jobs))) if meta.is_remote else 1
+    if threads == 1:
+        for path, eps in jobs:
+            check_data_file(meta, path, eps)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(check_data_file, meta, path, eps) for path, eps in jobs]:
+            future.result()
+
+
+def rewrite_row_groups(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> int:
+    """Rewrite a data file so it holds exactly one row group per episode, rows in global index order.
+
+    ``path`` may be any fsspec URL; ``out`` defaults to ``path`` (replaced atomically when local).
+    Schema and schema metadata are kept. Returns the number of row groups written.
+    """
+    src = str(path)
+    dst = str(out) if out is not None else src
+    fs, fs_src = fsspec.core.url_to_fs(src)
+    try:
+        with fs.open(fs_src, "rb") as f:
+            table = pq.read_table(f)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DatasetFormatError(f"{src}: cannot read it to rewrite its row groups ({e}).") from None
+    for col in ("episode_index", "index"):
+        if col not in table.column_names:
+            raise DatasetFormatError(f"{src}: has no {col!r} column; it is not a LeRobot data file.")
+    table = table.take(pc.sort_indices(table, sort_keys=[("index", "ascending")]))
+    episodes = table.column("episode_index").to_numpy()
+    bounds = np.flatnonzero(np.diff(episodes)) + 1
+    starts = np.concatenate([[0], bounds]).astype(int)
+    stops = np.concatenate([bounds, [len(episodes)]]).astype(int)
+    if len(np.unique(episodes)) != len(starts):
+        raise DatasetConsistencyError(f"{src}: an episode's rows are not contiguous in global index; cannot split it.")
+    out_fs, fs_dst = fsspec.core.url_to_fs(dst)
+    local = "file" in (out_fs.protocol if isinstance(out_fs.protocol, tuple) else (out_fs.protocol,))
+    if local:
+        fd, tmp = tempfile.mkstemp(dir=posixpath.dirname(fs_dst) or ".", suffix=".parquet.tmp")
+        os.close(fd)
+        target = tmp
+    else:
+        target = fs_dst
+    with out_fs.open(target, "wb") as f, pq.ParquetWriter(f, table.schema) as writer:
+        for start, stop in zip(starts, stops, strict=True):
+            writer.write_table(table.slice(start, stop - start), row_group_size=stop - start)
+    if local:
+        os.replace(tmp, fs_dst)
+    log.info("rewrote %s with %d row groups (one per episode)", dst, len(starts))
+    return len(starts)

@@ -1,0 +1,113 @@
+"""DeltaWindow: Frame -> Sample, the windows LeRobot's map-style reader returns (DESIGN §4)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from torchdata.nodes import BaseNode
+
+from streamnodes.errors import ConfigError
+from streamnodes.format.metadata import DatasetMeta
+from streamnodes.types import Episode, Frame, Sample, VideoQuery
+from streamnodes.windows import delta_indices, window
+
+
+class DeltaWindow(BaseNode[Sample]):
+    """Cuts each frame's ``delta_timestamps`` windows out of its resident episode.
+
+    For a key with deltas: ``sample[key]`` stacks the clamped rows ``[T, *shape]`` and
+    ``sample[key + "_is_pad"]`` flags positions outside the episode; keys without deltas get the
+    row itself. Identity columns come as 0-d values and ``task`` as the string from
+    ``meta/tasks.parquet``. Cameras are not decoded: each gets a :class:`VideoQuery` with in-file
+    timestamps ``from_timestamp + timestamp[q]`` (the column, as LeRobot does; not ``q / fps``).
+
+    ``materialize(refs)`` rebuilds samples from ``(episode_index, frame_index)`` refs (FrameShuffle
+    uses it to restore its buffer), reading each distinct episode once.
+
+    State: ``{"source": ...}``; the node is a pure function of its input.
+    """
+
+    SOURCE_KEY = "source"
+
+    def __init__(
+        self,
+        source: BaseNode[Frame],
+        meta: DatasetMeta,
+        *,
+        delta_timestamps: Mapping[str, Sequence[float]] | None = None,
+        tolerance_s: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.meta = meta
+        self.tolerance_s = tolerance_s
+        self.delta_timestamps = {k: list(v) for k, v in (delta_timestamps or {}).items()}
+        self.offsets = delta_indices(delta_timestamps, meta.fps, tolerance_s=tolerance_s, features=meta.features)
+        if meta.video_keys and "timestamp" not in meta.data_keys:
+            raise ConfigError(f"{meta.root}: the dataset has cameras but no 'timestamp' column to locate frames.")
+
+    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        super().reset(initial_state)
+        self.source.reset(initial_state[self.SOURCE_KEY] if initial_state is not None else None)
+
+    def next(self) -> Sample:
+        frame = next(self.source)
+        return self.sample(frame.episode, frame.position)
+
+    def sample(self, episode: Episode, position: int) -> Sample:
+        """The sample for frame ``position`` of a resident episode."""
+        length = episode.ref.length
+        columns = episode.columns
+        data: dict[str, Any] = {}
+        for key, column in columns.items():
+            offsets = self.offsets.get(key)
+            if offsets is None:
+                data[key] = column[position]
+            else:
+                rows, is_pad = window(position, length, offsets)
+                data[key] = column[rows]
+                data[f"{key}_is_pad"] = is_pad
+        if "task_index" in columns:
+            data["task"] = self.meta.tasks[int(columns["task_index"][position])]
+        videos = {}
+        if self.meta.video_keys:
+            timestamps = columns["timestamp"]
+            for segment in episode.ref.videos:
+                key = segment.key
+                offsets = self.offsets.get(key)
+                if offsets is None:
+                    rows = np.array([position])
+                else:
+                    rows, is_pad = window(position, length, offsets)
+                    data[f"{key}_is_pad"] = is_pad
+                query_ts = segment.from_timestamp + timestamps[rows].astype(np.float64)
+                videos[key] = VideoQuery(
+                    key=key,
+                    file=episode.video_files[key],
+                    episode_index=episode.ref.episode_index,
+                    timestamps=query_ts,
+                    single=offsets is None,
+                )
+        return Sample(episode.ref.episode_index, position, data, videos)
+
+    def materialize(self, refs: Sequence[tuple[int, int]]) -> list[Sample]:
+        """Rebuild samples from ``(episode_index, frame_index)`` refs, reading each episode once."""
+        episodes: dict[int, Episode] = {}
+        out = []
+        for episode_index, position in refs:
+            episode = episodes.get(episode_index)
+            if episode is None:
+                episode = episodes[episode_index] = self.load_episode(int(episode_index))
+            out.append(self.sample(episode, int(position)))
+        return out
+
+    def load_episode(self, episode_index: int) -> Episode:
+        return self.source.load_episode(episode_index)  # type: ignore[attr-defined]
+
+    def get_state(self) -> dict[str, Any]:
+        return {self.SOURCE_KEY: self.source.state_dict()}
+
+    def __repr__(self) -> str:
+        return f"DeltaWindow(fps={self.meta.fps}, delta_indices={ {k: v.tolist() for k, v in self.offsets.items()} })"

@@ -1,0 +1,117 @@
+"""ShardSource: the EpisodeRefs one consumer (rank x worker) reads in an epoch."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from torchdata.nodes import BaseNode
+
+from streamnodes.distributed import Consumer, current_consumer
+from streamnodes.format.metadata import DatasetMeta, EpisodeRef
+from streamnodes.nodes._state import check_config, next_epoch, require_keys
+from streamnodes.sharding import plan_epoch
+
+log = logging.getLogger(__name__)
+
+
+class ShardSource(BaseNode[EpisodeRef]):
+    """Emits this consumer's episodes for the epoch, in the epoch's order.
+
+    All consumers derive the same global permutation from ``(seed, epoch)`` and split it into
+    disjoint parts balanced by frames (:func:`streamnodes.sharding.plan_epoch`): across consumers,
+    every episode exactly once per epoch. ``shuffle=False`` keeps storage order.
+
+    Epochs: the first ``reset()`` starts ``epoch``; each later ``reset()`` without a state starts
+    the next one (as ``torchdata.nodes.Loader`` does between epochs). The epoch is in the state.
+
+    State: ``{"epoch": int, "offset": episodes emitted this epoch, "config": what must match}``.
+    """
+
+    EPOCH_KEY = "epoch"
+    OFFSET_KEY = "offset"
+    CONFIG_KEY = "config"
+
+    def __init__(
+        self,
+        meta: DatasetMeta,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        epoch: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        worker_id: int | None = None,
+        num_workers: int | None = None,
+        episodes: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.meta = meta
+        self.seed = int(seed)
+        self.shuffle = bool(shuffle)
+        self.initial_epoch = int(epoch)
+        self.consumer: Consumer = current_consumer(rank, world_size, worker_id, num_workers)
+        subset = sorted({int(e) for e in episodes}) if episodes is not None else None
+        self.lengths = {i: meta.episode(i).length for i in subset} if subset is not None else {
+            ep.episode_index: ep.length for ep in meta.episodes
+        }
+        self.episode_subset = subset
+        self.epoch: int | None = None
+        self._offset = 0
+        self._refs: list[EpisodeRef] = []
+
+    def _config(self) -> dict[str, Any]:
+        c = self.consumer
+        return {
+            "dataset": self.meta.fingerprint,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "episodes": self.episode_subset,
+            "consumer": [c.rank, c.world_size, c.worker_id, c.num_workers],
+        }
+
+    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        super().reset(initial_state)
+        if initial_state is not None:
+            require_keys("ShardSource", initial_state, (self.EPOCH_KEY, self.OFFSET_KEY, self.CONFIG_KEY))
+            check_config("ShardSource", initial_state[self.CONFIG_KEY], self._config())
+        self.epoch = next_epoch(initial_state and initial_state[self.EPOCH_KEY], self.epoch, self.initial_epoch)
+        self._offset = int(initial_state[self.OFFSET_KEY]) if initial_state is not None else 0
+        plan = plan_epoch(
+            self.lengths, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle, num_consumers=self.consumer.count
+        )
+        mine = plan.episodes[self.consumer.id]
+        self._refs = [self.meta.episode(i) for i in mine]
+        if not mine:
+            msg = (
+                f"ShardSource: consumer {self.consumer.id} (rank {self.consumer.rank}, worker "
+                f"{self.consumer.worker_id}) has no episodes in epoch {self.epoch}: {self.consumer.count} consumers "
+                f"share {len(self.lengths)} episodes. Use fewer workers or ranks than episodes."
+            )
+            warnings.warn(msg, stacklevel=2)
+            log.warning(msg)
+
+    def next(self) -> EpisodeRef:
+        if self._offset >= len(self._refs):
+            raise StopIteration
+        ref = self._refs[self._offset]
+        self._offset += 1
+        return ref
+
+    def get_state(self) -> dict[str, Any]:
+        return {self.EPOCH_KEY: self.epoch, self.OFFSET_KEY: self._offset, self.CONFIG_KEY: self._config()}
+
+    @property
+    def frames_this_epoch(self) -> int:
+        """Frames of this consumer's episodes in the current epoch."""
+        return sum(ref.length for ref in self._refs)
+
+    def __repr__(self) -> str:
+        c = self.consumer
+        return (
+            f"ShardSource(consumer={c.id}/{c.count} (rank {c.rank}/{c.world_size}, worker {c.worker_id}/"
+            f"{c.num_workers}), episodes={len(self.lengths)}, seed={self.seed}, shuffle={self.shuffle}, "
+            f"epoch={self.epoch}, offset={self._offset})"
+        )
