@@ -61,26 +61,31 @@ def check_data_file(meta: DatasetMeta, relative_path: str, episodes: list[Episod
             )
         md = pf.metadata
         ep_desc = [(ep.episode_index, ep.length) for ep in episodes]
-        if md.num_row_groups != len(episodes) or any(
-            md.row_group(i).num_rows != ep.length for i, ep in enumerate(episodes)
-        ):
-            groups = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+        groups = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+        if md.num_row_groups != len(episodes):
             raise DatasetConsistencyError(
                 f"{path}: {md.num_row_groups} row groups with {groups} rows, but the episodes table puts "
                 f"{len(episodes)} episodes (index, length) {ep_desc} in it; streamnodes needs one row group "
                 f"per episode (LeRobot's writer guarantees it; bulk rewrites break it). Repair the file with "
                 f"streamnodes.format.rewrite_row_groups({path!r})."
             )
+        for i, ep in enumerate(episodes):
+            if groups[i] != ep.length:
+                raise DatasetConsistencyError(
+                    f"{path}: episode {ep.episode_index} is row group {i} with {groups[i]} rows, but has length "
+                    f"{ep.length} in the episodes table. The table disagrees with the data: re-write the "
+                    "episodes table (meta/episodes/) from the data files."
+                )
         index_col = pf.schema_arrow.get_field_index("index")
         for i, ep in enumerate(episodes):
             stats = md.row_group(i).column(index_col).statistics if index_col >= 0 else None
-            if stats is not None and stats.has_min_max:
-                if (int(stats.min), int(stats.max)) != (ep.dataset_from_index, ep.dataset_to_index - 1):
-                    raise DatasetConsistencyError(
-                        f"{path}: row group {i} holds global index {stats.min}..{stats.max}, but episode "
-                        f"{ep.episode_index} is [{ep.dataset_from_index}, {ep.dataset_to_index}) in the episodes "
-                        f"table. Re-write the episodes table or repair the file with rewrite_row_groups."
-                    )
+            expected = (ep.dataset_from_index, ep.dataset_to_index - 1)
+            if stats is not None and stats.has_min_max and (int(stats.min), int(stats.max)) != expected:
+                raise DatasetConsistencyError(
+                    f"{path}: row group {i} holds global index {stats.min}..{stats.max}, but episode "
+                    f"{ep.episode_index} is [{ep.dataset_from_index}, {ep.dataset_to_index}) in the episodes "
+                    f"table. Re-write the episodes table or repair the file with rewrite_row_groups."
+                )
     finally:
         pf.close(force=True)
 

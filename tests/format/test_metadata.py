@@ -1,0 +1,105 @@
+"""The format layer reads LeRobot's own dataset exactly as LeRobot does, locally and through fsspec."""
+
+from __future__ import annotations
+
+import pickle
+
+import fsspec
+import numpy as np
+import pytest
+
+from streamnodes.format import DatasetMeta, open_dataset, read_episode_columns
+from tests.conftest import REF_ROOT
+
+
+@pytest.fixture(scope="module")
+def meta() -> DatasetMeta:
+    return open_dataset(REF_ROOT)
+
+
+def test_episodes_table_matches_lerobot(meta: DatasetMeta, reference: dict) -> None:
+    eps = meta.episodes
+    assert [e.episode_index for e in eps] == reference["meta__episode_index"].tolist()
+    assert [e.length for e in eps] == reference["meta__length"].tolist()
+    assert [e.dataset_from_index for e in eps] == reference["meta__dataset_from_index"].tolist()
+    assert [e.dataset_to_index for e in eps] == reference["meta__dataset_to_index"].tolist()
+    key = "observation.images.cam"
+    assert [e.video(key).from_timestamp for e in eps] == reference[f"meta__videos/{key}/from_timestamp"].tolist()
+    assert [e.video(key).to_timestamp for e in eps] == reference[f"meta__videos/{key}/to_timestamp"].tolist()
+    # each episode is its own row group of the one data file, in index order
+    assert [e.row_group for e in eps] == list(range(6))
+    assert {e.data_path for e in eps} == {"data/chunk-000/file-000.parquet"}
+    paths = {e.video(key).path for e in eps}
+    assert paths == set(reference[f"{key}__video_path"].tolist())
+
+
+def test_metadata_views(meta: DatasetMeta, reference: dict) -> None:
+    assert meta.fps == 10 and meta.total_frames == 237 and meta.total_episodes == 6
+    assert meta.video_keys == ("observation.images.cam",)
+    assert meta.features["observation.state"].shape == (6,)
+    assert meta.features["observation.images.cam"].is_video
+    assert "observation.images.cam" not in meta.data_keys
+    # task strings by task_index, as LeRobot returns them per frame
+    tasks = {int(t): s for t, s in zip(reference["task_index"], reference["task"], strict=True)}
+    assert all(meta.tasks[t] == s for t, s in tasks.items())
+    assert meta.episodes[0].tasks == ("pick the red cube",)
+    assert meta.stats is not None and "observation.state" in meta.stats
+    assert "episodes=6" in repr(meta) and "EpisodeRef(episode=0" in repr(meta.episodes[0])
+
+
+def test_read_episode_rows_equal_lerobot_rows(meta: DatasetMeta, reference: dict) -> None:
+    for ref in meta.episodes:
+        cols = read_episode_columns(meta, ref, ["observation.state", "action", "timestamp", "frame_index"])
+        rows = (reference["episode_index"] == ref.episode_index)
+        order = np.argsort(reference["index"][rows])
+        assert set(cols) == {"observation.state", "action", "timestamp", "frame_index", "index"}
+        np.testing.assert_array_equal(cols["observation.state"], reference["nodelta__observation.state"][rows][order])
+        np.testing.assert_array_equal(cols["action"], reference["nodelta__action"][rows][order])
+        np.testing.assert_array_equal(cols["timestamp"], reference["timestamp"][rows][order])
+        assert cols["observation.state"].dtype == np.float32 and cols["index"].dtype == np.int64
+
+
+def test_pickle_round_trip_rebuilds_filesystem(meta: DatasetMeta) -> None:
+    clone = pickle.loads(pickle.dumps(meta))
+    assert clone.fingerprint == meta.fingerprint
+    assert clone.episodes == meta.episodes
+    assert not clone.is_remote
+    assert read_episode_columns(clone, clone.episodes[2], ["action"])["action"].shape == (60, 6)
+
+
+def test_any_fsspec_url(meta: DatasetMeta) -> None:
+    # the same dataset copied into fsspec's in-memory file system, opened by URL
+    mem = fsspec.filesystem("memory")
+    for path in REF_ROOT.rglob("*"):
+        if path.is_file():
+            mem.pipe(f"/ref_ds/{path.relative_to(REF_ROOT)}", path.read_bytes())
+    remote = open_dataset("memory://ref_ds")
+    assert remote.is_remote
+    assert remote.episodes == meta.episodes
+    a = read_episode_columns(remote, remote.episodes[3], ["observation.state"])
+    b = read_episode_columns(meta, meta.episodes[3], ["observation.state"])
+    np.testing.assert_array_equal(a["observation.state"], b["observation.state"])
+    assert remote.url("meta/info.json").endswith("ref_ds/meta/info.json")
+
+
+def test_file_url_is_local() -> None:
+    m = open_dataset(f"file://{REF_ROOT}")
+    assert not m.is_remote and m.total_frames == 237
+
+
+def test_fingerprint_differs_between_datasets(meta: DatasetMeta, tabular_dataset) -> None:
+    assert open_dataset(tabular_dataset).fingerprint != meta.fingerprint
+
+
+def test_generated_dataset_rolls_over_files_and_chunks(tabular_dataset) -> None:
+    m = open_dataset(tabular_dataset)
+    files = sorted({e.data_path for e in m.episodes})
+    assert len(files) >= 3 and any("chunk-001" in f for f in files)
+    for path in files:
+        eps = sorted((e for e in m.episodes if e.data_path == path), key=lambda e: e.row_group)
+        assert [e.row_group for e in eps] == list(range(len(eps)))
+        assert all(a.dataset_to_index == b.dataset_from_index for a, b in zip(eps, eps[1:], strict=False))
+    for ref in m.episodes:
+        cols = read_episode_columns(m, ref, ["episode_index", "frame_index"])
+        assert (cols["episode_index"] == ref.episode_index).all()
+        np.testing.assert_array_equal(cols["frame_index"], np.arange(ref.length))
