@@ -10,10 +10,29 @@ from streamnodes.errors import (
     VideoDecodeError,
 )
 from streamnodes.format import DatasetMeta, EpisodeRef, open_dataset, rewrite_row_groups
+from streamnodes.nodes import (
+    DeltaWindow,
+    EpisodeBatcher,
+    EpisodePool,
+    FrameShuffle,
+    Prefetcher,
+    ShardSource,
+    Take,
+    VideoDecode,
+)
+from streamnodes.recipes.loader import StreamLoader, build_loader
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DeltaWindow",
+    "EpisodeBatcher",
+    "EpisodePool",
+    "FrameShuffle",
+    "Prefetcher",
+    "ShardSource",
+    "Take",
+    "VideoDecode",
     "ConfigError",
     "DatasetConsistencyError",
     "DatasetFormatError",
@@ -21,9 +40,11 @@ __all__ = [
     "DownloadError",
     "EpisodeRef",
     "StateError",
+    "StreamLoader",
     "StreamNodesError",
     "VideoDecodeError",
     "__version__",
+    "build_loader",
     "open_dataset",
     "rewrite_row_groups",
 ]

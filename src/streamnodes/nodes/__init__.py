@@ -1,0 +1,12 @@
+"""The nodes, one per file. Each is a ``torchdata.nodes.BaseNode`` with refs-and-counters state."""
+
+from streamnodes.nodes.delta_window import DeltaWindow
+from streamnodes.nodes.episode_batcher import EpisodeBatcher
+from streamnodes.nodes.episode_pool import EpisodePool
+from streamnodes.nodes.frame_shuffle import FrameShuffle
+from streamnodes.nodes.prefetcher import Prefetcher
+from streamnodes.nodes.shard_source import ShardSource
+from streamnodes.nodes.take import Take
+from streamnodes.nodes.video_decode import VideoDecode
+
+__all__ = ["DeltaWindow", "EpisodeBatcher", "EpisodePool", "FrameShuffle", "Prefetcher", "ShardSource", "Take", "VideoDecode"]

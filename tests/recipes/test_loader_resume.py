@@ -1,0 +1,102 @@
+"""Exact resume of build_loader: states saved with torch.save, restored in a fresh process.
+
+For num_workers 0..3 and two batch sizes, states are taken at the start, mid-epoch, right after a
+partial batch, at the end of an epoch (before and after the loader noticed it) and in the next
+epoch; a fresh process restores each and must continue batch for batch as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from streamnodes import build_loader
+from tests.recipes.resume_child import rest_of_run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    from streamnodes.testing import write_dataset
+
+    return write_dataset(
+        tmp_path_factory.mktemp("resume") / "ds",
+        episode_lengths=[9, 4, 13, 6, 11, 7, 5, 10],
+        cameras={"observation.images.cam": (64, 64)},
+        video_files_size_in_mb=0.01,
+    )
+
+
+def _uninterrupted(loader) -> tuple[list[list[int]], list[tuple[str, int, dict]]]:
+    """Two epochs; every state the loader passed through, labelled, with the batch count before it."""
+    batches: list[list[int]] = []
+    states = [("start", 0, loader.state_dict())]
+    for epoch in range(2):
+        for batch in loader:
+            batches.append(batch["index"].tolist())
+            states.append((f"e{epoch}-after-{len(batches)}", len(batches), loader.state_dict()))
+        states.append((f"e{epoch}-finished", len(batches), loader.state_dict()))
+    return batches, states
+
+
+def _pick(states, batches, batch_size):
+    """start, mid-epoch, right after the first partial batch, end of epoch 0 (two kinds), mid epoch 1."""
+    epoch0 = [s for s in states if s[0].startswith("e0-after")]
+    n0 = epoch0[-1][1]
+    partial = next(k for k, b in enumerate(batches) if len(b) < batch_size) + 1
+    wanted = {0, n0 // 2, partial, n0, n0 + (len(batches) - n0) // 2}
+    picked = [s for s in states if s[1] in wanted and "finished" not in s[0]]
+    picked.append(next(s for s in states if s[0] == "e0-finished"))
+    return picked
+
+
+@pytest.mark.parametrize("num_workers", [0, 1, 2, 3])
+@pytest.mark.parametrize("batch_size", [3, 8])
+def test_resume_in_fresh_process(dataset, tmp_path, num_workers, batch_size) -> None:
+    kwargs = {"batch_size": batch_size, "num_workers": num_workers, "episode_pool_size": 3, "frame_shuffle_size": 5,
+              "seed": 7, "delta_timestamps": {"action": [0.0, 0.1]}}
+    batches, states = _uninterrupted(build_loader(dataset, **kwargs))
+    epoch0 = next(s[1] for s in states if s[0] == "e0-finished")
+    assert sorted(i for b in batches[:epoch0] for i in b) == list(range(65))  # every frame once per epoch
+    assert sorted(i for b in batches[epoch0:] for i in b) == list(range(65))
+    assert batches[:epoch0] != batches[epoch0:]  # the next epoch has a new order
+    picked = _pick(states, batches, batch_size)
+    files = []
+    for label, _, state in picked:
+        path = tmp_path / f"{label}.pt"
+        torch.save(state, path)
+        files.append(str(path))
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.recipes.resume_child", str(dataset), json.dumps(kwargs), *files],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == len(picked)
+    for (label, k, _), line in zip(picked, lines, strict=True):
+        assert json.loads(line) == batches[k:], f"resume at {label} diverged"
+
+
+def test_resume_in_process_with_persistent_workers(dataset) -> None:
+    kwargs = {"batch_size": 4, "num_workers": 2, "persistent_workers": True, "episode_pool_size": 2, "seed": 1}
+    batches, states = _uninterrupted(build_loader(dataset, **kwargs))
+    for label, k, state in states[:: max(1, len(states) // 5)]:
+        loader = build_loader(dataset, **kwargs)
+        loader.load_state_dict(state)
+        assert rest_of_run(loader) == batches[k:], label
+
+
+def test_unbatched_and_partial_state_sizes_are_small(dataset) -> None:
+    loader = build_loader(dataset, batch_size=None, num_workers=2, episode_pool_size=4)
+    it = iter(loader)
+    for _ in range(10):
+        sample = next(it)
+    assert sample["index"].ndim == 0
+    state = loader.state_dict()
+    assert len(json.dumps(state)) < 20_000
