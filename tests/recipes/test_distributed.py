@@ -1,4 +1,8 @@
-"""Two real processes under `accelerate launch --cpu`: disjoint ranks, equal batches, per-rank resume."""
+"""Two real processes under `accelerate launch`: disjoint ranks, equal batches, per-rank resume.
+
+accelerate 1.15 starts several CPU processes only through torchrun (`--multi_gpu`; `--cpu` alone
+runs one process unless mpirun is used), so the child builds `Accelerator(cpu=True)` (gloo backend).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ ACCELERATE = Path(sys.executable).with_name("accelerate")
 
 def _launch(*args: str) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    cmd = [str(ACCELERATE), "launch", "--num_processes", "2", "--num_machines", "1", "--cpu", "--mixed_precision", "no",
+    cmd = [str(ACCELERATE), "launch", "--num_processes", "2", "--num_machines", "1", "--multi_gpu", "--mixed_precision", "no",
            "--dynamo_backend", "no", "-m", "tests.recipes.accelerate_child", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
