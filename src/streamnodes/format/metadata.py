@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -162,9 +163,18 @@ class DatasetMeta:
         return {ep.episode_index: ep for ep in self.episodes}
 
     # ---- files ---------------------------------------------------------------------------------
-    @cached_property
+    @property
     def fs(self) -> fsspec.AbstractFileSystem:
-        return _filesystem(self.root)[0]
+        """The dataset's fsspec file system, opened once per process.
+
+        Forked DataLoader workers inherit the parent's objects; fsspec's async file systems (http)
+        are not fork-safe, so a file system opened in another process is never reused.
+        """
+        cached = self.__dict__.get("_fs")
+        if cached is None or cached[0] != os.getpid():
+            cached = (os.getpid(), _filesystem(self.root)[0])
+            self.__dict__["_fs"] = cached
+        return cached[1]
 
     @cached_property
     def _root_path(self) -> str:
@@ -186,7 +196,7 @@ class DatasetMeta:
     def __getstate__(self) -> dict[str, Any]:
         # cached_property values (file system, lookup tables) are rebuilt in the receiving process.
         state = dict(self.__dict__)
-        for key in ("fs", "_root_path", "_by_index", "fingerprint"):
+        for key in ("_fs", "_root_path", "_by_index", "fingerprint"):
             state.pop(key, None)
         return state
 

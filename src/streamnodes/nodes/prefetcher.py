@@ -1,0 +1,155 @@
+"""Prefetcher: Episode -> Episode whose remote video files are local copies being downloaded.
+
+For a remote dataset (``meta.is_remote``: http, hf, s3 ...) each episode's ``video_files[camera]`` URL
+is swapped for a :class:`~streamnodes.video_cache.CachedVideo` handle from a bounded, refcounted
+:class:`~streamnodes.video_cache.VideoCache`. The download starts when the episode passes through,
+so it overlaps with the pool drawing frames from the episodes already resident; VideoDecode blocks
+in ``resolve_video`` only if the copy is not complete by the time a sample of it leaves the graph.
+A file is deleted when the last handle on it goes (the episode left the pool and no buffered sample
+still refers to it). For a local dataset the node is a pass-through: same objects, no cache, no thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+from torchdata.nodes import BaseNode
+
+from streamnodes.format.metadata import DatasetMeta
+from streamnodes.nodes._state import require_keys
+from streamnodes.types import Episode
+from streamnodes.video_cache import GiB, VideoCache
+
+
+class Prefetcher(BaseNode[Episode]):
+    """Swaps remote video URLs for handles on local copies downloaded in the background.
+
+    Args:
+        source: a node of :class:`~streamnodes.types.Episode` with ``load_episode(i)`` (EpisodeBatcher).
+        meta: the dataset; the node acts only when ``meta.is_remote``.
+        cache_dir: parent directory of the download cache (each Prefetcher makes its own subdirectory,
+            removed on ``close()``); ``None``: the system temp dir.
+        max_bytes: most bytes of video on disk at once for this node (so per DataLoader worker). It
+            must hold the largest video file, and should hold the files of ``pool_size`` episodes (times
+            cameras) at once or downloads wait for space; see docs/prefetch.md.
+        num_threads: parallel downloads.
+        retries: failed attempts in a row per file before :class:`~streamnodes.errors.DownloadError`.
+        backoff_s: first retry delay (doubles per failure).
+        space_timeout_s: how long VideoDecode may wait on a download that cannot get space before a
+            :class:`~streamnodes.errors.ConfigError` says to raise ``max_bytes`` or lower the pool size.
+        chunk_bytes: bytes per read (one HTTP range request); retries resume at the last chunk.
+
+    State: ``{"source": ...}``; nothing of its own (restored pools re-acquire through ``load_episode``).
+    """
+
+    SOURCE_KEY = "source"
+
+    def __init__(
+        self,
+        source: BaseNode[Episode],
+        meta: DatasetMeta,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        max_bytes: int = 2 * GiB,
+        num_threads: int = 4,
+        retries: int = 5,
+        backoff_s: float = 0.2,
+        space_timeout_s: float = 60.0,
+        chunk_bytes: int = 8 * 1024**2,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.meta = meta
+        self.remote = bool(meta.is_remote)
+        self.cache_dir = cache_dir
+        self.max_bytes = int(max_bytes)
+        self.num_threads = int(num_threads)
+        self.retries = int(retries)
+        self.backoff_s = float(backoff_s)
+        self.space_timeout_s = float(space_timeout_s)
+        self.chunk_bytes = int(chunk_bytes)
+        self._cache: VideoCache | None = None
+        self.episodes_wrapped = 0
+
+    @property
+    def cache(self) -> VideoCache | None:
+        """The download cache (created on the first remote episode; ``None`` for local datasets)."""
+        return self._cache
+
+    def _get_cache(self) -> VideoCache:
+        if self._cache is None or self._cache.closed:
+            self._cache = VideoCache(
+                self.meta.fs,
+                self.cache_dir,
+                max_bytes=self.max_bytes,
+                num_threads=self.num_threads,
+                retries=self.retries,
+                backoff_s=self.backoff_s,
+                space_timeout_s=self.space_timeout_s,
+                chunk_bytes=self.chunk_bytes,
+            )
+        return self._cache
+
+    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        super().reset(initial_state)
+        if initial_state is None:
+            self.source.reset(None)
+            return
+        require_keys("Prefetcher", initial_state, (self.SOURCE_KEY,))
+        self.source.reset(initial_state[self.SOURCE_KEY])
+
+    def next(self) -> Episode:
+        return self._wrap(next(self.source))
+
+    def load_episode(self, episode_index: int) -> Episode:
+        """The source's ``load_episode`` with its videos fetched again (pool and buffer restores)."""
+        return self._wrap(self.source.load_episode(episode_index))  # type: ignore[attr-defined]
+
+    def _wrap(self, episode: Episode) -> Episode:
+        if not self.remote or not episode.video_files:
+            return episode
+        cache = self._get_cache()
+        files = {
+            camera: cache.acquire(location) if isinstance(location, str) else location
+            for camera, location in episode.video_files.items()
+        }
+        self.episodes_wrapped += 1
+        # A new Episode: the source's object (which it may keep) never holds references into the cache.
+        return Episode(ref=episode.ref, columns=episode.columns, video_files=files)
+
+    def get_state(self) -> dict[str, Any]:
+        return {self.SOURCE_KEY: self.source.state_dict()}
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for benchmarks: the cache's (downloads, bytes, retries, peak_bytes, wait_s ...)."""
+        out: dict[str, Any] = {"remote": self.remote, "episodes_wrapped": self.episodes_wrapped}
+        if self._cache is not None:
+            out.update(self._cache.stats())
+        return out
+
+    def close(self) -> None:
+        """Delete the local copies and stop the download threads (handles still alive stop working)."""
+        if self._cache is not None:
+            self._cache.close()
+        close = getattr(self.source, "close", None)
+        if callable(close):
+            close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy in another process (a DataLoader worker) makes its own cache on its first episode.
+        state = dict(self.__dict__)
+        state["_cache"] = None
+        return state
+
+    def __del__(self) -> None:
+        cache = getattr(self, "_cache", None)
+        if cache is not None:
+            with contextlib.suppress(Exception):
+                cache.close()
+
+    def __repr__(self) -> str:
+        if not self.remote:
+            return "Prefetcher(local: pass-through)"
+        return f"Prefetcher({self._cache!r})"
