@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -83,6 +82,8 @@ _ENCODER_OPTIONS: dict[str, dict[str, str]] = {
     "libx264": {"g": "2"},
 }
 _PIXEL_FORMAT = "yuv420p"
+_TMP_PREFIX = ".write_dataset-"  # temporary directory under root while encoding
+_DATASET_ENTRIES = frozenset({"meta", "data", "videos"})
 _IMAGE_STATS_FRAMES = 16  # frames per episode sampled for image statistics
 _PROGRESS_MIN_FRAMES = 2000  # show a progress bar only for encodes at least this long (and on a TTY)
 
@@ -403,8 +404,8 @@ def write_dataset(
         chunks_size: files per chunk directory; ``file_index`` wraps to 0 and ``chunk_index`` increments
             after this many files.
         robot_type: stored in ``meta/info.json``.
-        overwrite: replace an existing dataset at ``root``. Only a directory holding ``meta/info.json``
-            is ever deleted.
+        overwrite: replace an existing dataset at ``root``. Only a directory holding ``meta/info.json``,
+            or nothing but what an interrupted ``write_dataset`` leaves, is ever deleted.
 
     Content encodes identity: ``observation.state[d] = 1000 * episode + frame + 0.01 * d``,
     ``action = -state``, and every frame carries (episode, frame, camera) readable with
@@ -643,7 +644,9 @@ def _prepare_root(root: Path, *, overwrite: bool) -> None:
                 f"dataset root {root} already exists and is not empty: pass overwrite=True to replace it, "
                 "or choose a new directory"
             )
-        if not (root / "meta" / "info.json").is_file():
+        # A dataset, or what a killed write_dataset left behind; never anything else.
+        ours = all(p.name in _DATASET_ENTRIES or p.name.startswith(_TMP_PREFIX) for p in root.iterdir())
+        if not ((root / "meta" / "info.json").is_file() or ours):
             raise ConfigError(
                 f"refusing to overwrite {root}: it is not empty and holds no meta/info.json, so it does not "
                 "look like a dataset; delete it yourself if you mean it"
@@ -848,30 +851,24 @@ def _write_videos(
     image_stats: dict[str, list[dict[str, np.ndarray]]] = {}
     total = len(cameras) * sum(e.length for e in episodes)
     show = total >= _PROGRESS_MIN_FRAMES and sys.stderr.isatty()
-    with tempfile.TemporaryDirectory(prefix=".write_dataset-", dir=root) as tmp:
+    with tempfile.TemporaryDirectory(prefix=_TMP_PREFIX, dir=root) as tmp:
         tmp_dir = Path(tmp)
         progress = _progress(total, show)
         for camera in cameras:
             encoder = _EpisodeEncoder(camera, codec, fps)
 
-            def encode(
-                episode: _Episode, camera: _Camera = camera, encoder: _EpisodeEncoder = encoder
-            ) -> tuple[Path, dict[str, np.ndarray]]:
+            # One encode at a time: torchcodec encoders running in parallel threads crashed the
+            # process (segfault in VideoEncoder.to_file) under load here, once in a few hundred calls.
+            parts: list[Path] = []
+            image_stats[camera.key] = []
+            for episode in episodes:
                 frames = _identity_images(
                     episode.index, np.arange(episode.length), camera.height, camera.width, camera.index
                 )
-                path = tmp_dir / f"{camera.index:02d}-{episode.index:05d}.mp4"
-                encoder.encode(frames, path)
+                parts.append(tmp_dir / f"{camera.index:02d}-{episode.index:05d}.mp4")
+                encoder.encode(frames, parts[-1])
                 progress.update(episode.length)
-                return path, _image_stats(frames[_stats_sample(episode.length)])
-
-            # The first episode settles the encoder; the rest encode in parallel (the encoders release
-            # the GIL, and libaom-av1 is single-threaded at these sizes).
-            results = [encode(episodes[0])]
-            with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-                results += list(pool.map(encode, episodes[1:]))
-            parts = [path for path, _ in results]
-            image_stats[camera.key] = [stats for _, stats in results]
+                image_stats[camera.key].append(_image_stats(frames[_stats_sample(episode.length)]))
 
             assignment = _assign_files([p.stat().st_size for p in parts], limit_mb, chunks_size)
             frames_before = [0] * len(episodes)  # frames of the same mp4 before each episode

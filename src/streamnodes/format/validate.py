@@ -62,6 +62,14 @@ def check_data_file(meta: DatasetMeta, relative_path: str, episodes: list[Episod
         md = pf.metadata
         ep_desc = [(ep.episode_index, ep.length) for ep in episodes]
         groups = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+        expected_rows = sum(ep.length for ep in episodes)
+        if md.num_rows != expected_rows:
+            raise DatasetConsistencyError(
+                f"{path}: holds {md.num_rows} rows in {md.num_row_groups} row groups {groups}, but the episodes "
+                f"table puts {len(episodes)} episodes (index, length) {ep_desc} with {expected_rows} rows in it: "
+                "rows are missing or extra. Restore or re-download the data file (or re-write the episodes table "
+                "if episodes were removed on purpose)."
+            )
         if md.num_row_groups != len(episodes):
             raise DatasetConsistencyError(
                 f"{path}: {md.num_row_groups} row groups with {groups} rows, but the episodes table puts "

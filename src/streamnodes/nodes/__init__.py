@@ -2,6 +2,7 @@
 
 from streamnodes.nodes.delta_window import DeltaWindow
 from streamnodes.nodes.episode_batcher import EpisodeBatcher
+from streamnodes.nodes.episode_guard import EpisodeGuard
 from streamnodes.nodes.episode_pool import EpisodePool
 from streamnodes.nodes.frame_shuffle import FrameShuffle
 from streamnodes.nodes.prefetcher import Prefetcher
@@ -9,4 +10,4 @@ from streamnodes.nodes.shard_source import ShardSource
 from streamnodes.nodes.take import Take
 from streamnodes.nodes.video_decode import VideoDecode
 
-__all__ = ["DeltaWindow", "EpisodeBatcher", "EpisodePool", "FrameShuffle", "Prefetcher", "ShardSource", "Take", "VideoDecode"]
+__all__ = ["DeltaWindow", "EpisodeBatcher", "EpisodeGuard", "EpisodePool", "FrameShuffle", "Prefetcher", "ShardSource", "Take", "VideoDecode"]

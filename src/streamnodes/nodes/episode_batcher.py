@@ -7,7 +7,7 @@ from typing import Any
 
 from torchdata.nodes import BaseNode
 
-from streamnodes.errors import ConfigError
+from streamnodes.errors import ConfigError, StreamNodesError
 from streamnodes.format.metadata import DatasetMeta, EpisodeRef
 from streamnodes.format.reader import ParquetFileCache, read_episode_columns
 from streamnodes.types import Episode
@@ -55,7 +55,11 @@ class EpisodeBatcher(BaseNode[Episode]):
 
     def read(self, ref: EpisodeRef) -> Episode:
         """The episode ``ref`` points to, read now."""
-        columns = read_episode_columns(self.meta, ref, self.columns, self._files)
+        try:
+            columns = read_episode_columns(self.meta, ref, self.columns, self._files)
+        except StreamNodesError as error:
+            error.episode_index = ref.episode_index  # type: ignore[attr-defined]  # for EpisodeGuard
+            raise
         self.episodes_read += 1
         videos = {seg.key: self.meta.url(seg.path) for seg in ref.videos}
         return Episode(ref=ref, columns=columns, video_files=videos)

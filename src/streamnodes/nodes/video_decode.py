@@ -74,6 +74,57 @@ def _decode_indices(timestamps: list[float], fps: float) -> tuple[list[int], lis
     return unique, [position[index] for index in indices]
 
 
+def decode_query(
+    cache: DecoderCache, query: VideoQuery, *, tolerance_s: float = 1e-4, timeout: float | None = None
+) -> tuple[torch.Tensor, int]:
+    """Decode ``query``'s frames as uint8 ``[T, C, H, W]`` with one ``get_frames_at`` call.
+
+    Frame indices are ``round(t * average_fps)``, de-duplicated and sorted (padded positions repeat
+    a boundary timestamp) and expanded back to the requested order; every decoded pts must lie within
+    ``tolerance_s`` of its timestamp. Returns the frames and how many distinct frames were decoded.
+    Raises :class:`VideoDecodeError` naming file, episode, camera and timestamps.
+    """
+    path = resolve_video(query.file, timeout)
+    video = cache.get(path, episode_index=query.episode_index)
+    timestamps = query.timestamps.tolist() if isinstance(query.timestamps, np.ndarray) else list(query.timestamps)
+    if not timestamps:
+        raise _mismatch(video, query, timestamps, None, "no timestamps to decode")
+    unique, expand = _decode_indices(timestamps, video.average_fps)
+    if unique[0] < 0 or unique[-1] >= video.num_frames:
+        raise _mismatch(
+            video, query, timestamps, None, f"frame indices {unique[0]}..{unique[-1]} outside 0..{video.num_frames - 1}"
+        )
+    try:
+        batch = video.decoder.get_frames_at(unique)
+    except (RuntimeError, IndexError, ValueError) as e:
+        cache.evict(path)  # a decoder that failed mid-stream is not worth keeping
+        raise VideoDecodeError(
+            f"{path} (episode {query.episode_index}, camera {query.key}): decoding frames {unique} for "
+            f"timestamps {timestamps} failed ({' '.join(str(e).split())[:300]}). The file is truncated "
+            "or corrupt; re-download it or re-encode it."
+        ) from e
+    pts = batch.pts_seconds.tolist()
+    found = pts if expand is None else [pts[i] for i in expand]
+    for t, p in zip(timestamps, found, strict=True):
+        if abs(p - t) > tolerance_s:
+            raise _mismatch(video, query, timestamps, found, f"beyond tolerance_s={tolerance_s}")
+    frames = batch.data if expand is None else batch.data.index_select(0, torch.tensor(expand))
+    return frames, len(unique)
+
+
+def _mismatch(
+    video: OpenVideo, query: VideoQuery, requested: list[float], found: list[float] | None, why: str
+) -> VideoDecodeError:
+    found_text = f", found pts {[round(p, 6) for p in found]}" if found is not None else ""
+    return VideoDecodeError(
+        f"{video.path} (episode {query.episode_index}, camera {query.key}): requested timestamps "
+        f"{[round(t, 6) for t in requested]} s{found_text} ({why}; the video has {video.num_frames} frames "
+        f"at {video.average_fps:g} fps). The episode's from_timestamp/timestamp column disagree with the "
+        "video; check meta/episodes and the fps, or re-encode the video. Raise tolerance_s only if the "
+        "offset is known and harmless."
+    )
+
+
 class VideoDecode(BaseNode[dict[str, Any]]):
     """Decode each sample's pending video queries and return LeRobot's item ``dict``.
 
@@ -143,72 +194,17 @@ class VideoDecode(BaseNode[dict[str, Any]]):
     # ---- decoding ----------------------------------------------------------------------------------
     def _decode(self, query: VideoQuery) -> torch.Tensor:
         """``[T, C, H, W]`` (or ``[C, H, W]`` if ``query.single``) frames at ``query.timestamps``."""
-        path = resolve_video(query.file, self.download_timeout_s)
-        video = self.cache.get(path, episode_index=query.episode_index)
-        timestamps = (
-            query.timestamps.tolist() if isinstance(query.timestamps, np.ndarray) else list(query.timestamps)
-        )
-        if not timestamps:
-            raise self._error(video, query, timestamps, None, "no timestamps to decode")
-        unique, expand = _decode_indices(timestamps, video.average_fps)
-        if unique[0] < 0 or unique[-1] >= video.num_frames:
-            raise self._error(
-                video,
-                query,
-                timestamps,
-                None,
-                f"frame indices {unique[0]}..{unique[-1]} outside 0..{video.num_frames - 1}",
-            )
         start = time.perf_counter()
-        try:
-            batch = video.decoder.get_frames_at(unique)
-        except (RuntimeError, IndexError, ValueError) as e:
-            self.cache.evict(path)  # a decoder that failed mid-stream is not worth keeping
-            raise VideoDecodeError(
-                f"{path} (episode {query.episode_index}, camera {query.key}): decoding frames {unique} for "
-                f"timestamps {timestamps} failed ({' '.join(str(e).split())[:300]}). The file is truncated "
-                "or corrupt; re-download it or re-encode it."
-            ) from e
+        frames, decoded = decode_query(self.cache, query, tolerance_s=self.tolerance_s, timeout=self.download_timeout_s)
         self._decode_seconds += time.perf_counter() - start
         self._decode_calls += 1
-        self._frames_decoded += len(unique)
-        self._frames_requested += len(timestamps)
-
-        pts = batch.pts_seconds.tolist()
-        tolerance = self.tolerance_s
-        if expand is None:
-            for t, p in zip(timestamps, pts, strict=True):
-                if abs(p - t) > tolerance:
-                    raise self._error(video, query, timestamps, pts, f"beyond tolerance_s={tolerance}")
-            frames = batch.data
-        else:
-            found = [pts[i] for i in expand]
-            for t, p in zip(timestamps, found, strict=True):
-                if abs(p - t) > tolerance:
-                    raise self._error(video, query, timestamps, found, f"beyond tolerance_s={tolerance}")
-            frames = batch.data.index_select(0, torch.tensor(expand))
+        self._frames_decoded += decoded
+        self._frames_requested += len(query.timestamps)
         if query.single:
             frames = frames[0]
         if self._as_float:
             return frames.float().div_(255)  # == LeRobot's uint8 / 255.0, bit for bit
         return frames
-
-    def _error(
-        self,
-        video: OpenVideo,
-        query: VideoQuery,
-        requested: list[float],
-        found: list[float] | None,
-        why: str,
-    ) -> VideoDecodeError:
-        found_text = f", found pts {[round(p, 6) for p in found]}" if found is not None else ""
-        return VideoDecodeError(
-            f"{video.path} (episode {query.episode_index}, camera {query.key}): requested timestamps "
-            f"{[round(t, 6) for t in requested]} s{found_text} ({why}; the video has {video.num_frames} frames "
-            f"at {video.average_fps:g} fps). The episode's from_timestamp/timestamp column disagree with the "
-            "video; check meta/episodes and the fps, or re-encode the video. Raise tolerance_s only if the "
-            "offset is known and harmless."
-        )
 
     # ---- reporting ---------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -32,11 +32,12 @@ class GraphConfig:
     cache_dir: str | None = None
     prefetch_max_bytes: int = 2 << 30
     max_decoders: int = 16
+    on_error: str = "raise"  # or "skip": damaged episodes are skipped whole (EpisodeGuard)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
         """Digest of the settings a saved state depends on (order, windows); not of performance knobs."""
-        keys = ("delta_timestamps", "tolerance_s", "episode_pool_size", "frame_shuffle_size", "shuffle", "seed", "episodes")
+        keys = ("delta_timestamps", "tolerance_s", "episode_pool_size", "frame_shuffle_size", "shuffle", "seed", "episodes", "on_error")
         d = asdict(self)
         payload = json.dumps({k: d[k] for k in keys}, sort_keys=True, default=list)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -47,7 +48,7 @@ class GraphConfig:
 
 
 class LeRobotGraph:
-    """Builds ``ShardSource -> EpisodeBatcher [-> Prefetcher] -> EpisodePool -> DeltaWindow
+    """Builds ``ShardSource -> EpisodeBatcher [-> Prefetcher] [-> EpisodeGuard] -> EpisodePool -> DeltaWindow
     [-> FrameShuffle] [-> Take] -> VideoDecode`` for one consumer and epoch.
 
     Picklable (metadata and plain config only), so DataLoader workers build their own graph
@@ -94,6 +95,10 @@ class LeRobotGraph:
 
             cache_dir = os.path.join(c.cache_dir, f"consumer-{consumer.id}") if c.cache_dir else None
             node = Prefetcher(node, self.meta, cache_dir=cache_dir, max_bytes=c.prefetch_max_bytes)
+        if c.on_error == "skip":
+            from streamnodes.nodes.episode_guard import EpisodeGuard
+
+            node = EpisodeGuard(node, self.meta, on_error="skip", tolerance_s=c.tolerance_s)
         node = EpisodePool(
             node, pool_size=c.episode_pool_size, seed=derive_seed(c.seed, consumer.id, "pool"), shuffle=c.shuffle, epoch=epoch
         )

@@ -94,6 +94,16 @@ class StreamLoader(StatefulDataLoader):
         self._resume_epoch = int(meta["epoch"]) + (1 if meta.get("epoch_finished") else 0)
         super().load_state_dict(state_dict[LOADER_KEY])
 
+    def stats(self) -> dict[str, Any]:
+        """What the stream reports across all workers: this epoch's skipped episodes with reasons.
+
+        Read from the workers' states (the only channel StatefulDataLoader keeps from workers), so it
+        is current as of the last batch and survives a resume.
+        """
+        skipped: list[tuple[int, str]] = []
+        _collect(self.state_dict()[LOADER_KEY], "skipped", skipped)
+        return {"epoch": self.epoch, "skipped_episodes": len(skipped), "skipped": sorted(skipped)}
+
     def samples_per_epoch(self, epoch: int | None = None) -> int:
         """Samples this rank yields in ``epoch`` (default: the current one), from metadata alone."""
         return sum(self._worker_samples(epoch))
@@ -124,6 +134,19 @@ class StreamLoader(StatefulDataLoader):
         )
 
 
+def _collect(state: Any, key: str, out: list[tuple[int, str]]) -> None:
+    """Gather every ``key`` list (EpisodeGuard's ``skipped``) nested anywhere in a state."""
+    if isinstance(state, Mapping):
+        for k, v in state.items():
+            if k == key and isinstance(v, list):
+                out.extend((int(e), str(r)) for e, r in v)
+            else:
+                _collect(v, key, out)
+    elif isinstance(state, list):
+        for v in state:
+            _collect(v, key, out)
+
+
 def build_loader(
     source: str | DatasetMeta | Any,
     *,
@@ -149,6 +172,7 @@ def build_loader(
     max_decoders: int = 16,
     prefetch_max_bytes: int = 2 << 30,
     pin_memory: bool = False,
+    on_error: str = "raise",
 ) -> StreamLoader:
     """A ``StatefulDataLoader`` of LeRobot frames from the dataset at ``source`` (path, URL or metadata).
 
@@ -157,8 +181,15 @@ def build_loader(
     (``batch_size=None``: unbatched samples). Each rank reads a disjoint part of every epoch and all
     ranks yield the same number of batches. ``loader.state_dict()`` / ``load_state_dict()`` resume
     exactly (save one file per rank). Keep the loader out of ``accelerator.prepare``.
+
+    ``on_error="raise"`` (default) stops at the first damaged file with an error naming it;
+    ``"skip"`` skips damaged episodes whole (never half-emitted), logs each with its reason and
+    counts them in ``loader.stats()``. With ``"skip"`` data files are checked per episode as they are
+    read instead of all at once when the dataset is opened.
     """
-    meta = source if isinstance(source, DatasetMeta) else open_dataset(source)
+    if on_error not in ("raise", "skip"):
+        raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
+    meta = source if isinstance(source, DatasetMeta) else open_dataset(source, check_files=on_error == "raise")
     if image_dtype not in (torch.float32, torch.uint8):
         raise ConfigError(f"image_dtype must be torch.float32 or torch.uint8, got {image_dtype}.")
     if episode_pool_size < 1:
@@ -178,6 +209,7 @@ def build_loader(
         cache_dir=str(cache_dir) if cache_dir is not None else None,
         prefetch_max_bytes=prefetch_max_bytes,
         max_decoders=max_decoders,
+        on_error=on_error,
     )
     graph = LeRobotGraph(meta, config)
     dataset = NodeIterableDataset(graph, rank=rank, world_size=world_size, epoch=epoch, config_fingerprint=config.fingerprint())
