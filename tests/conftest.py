@@ -62,7 +62,7 @@ def video_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         episode_lengths=[12, 7, 15, 9, 11],
         fps=10,
         cameras={"observation.images.front": (64, 64), "observation.images.wrist": (64, 96)},
-        data_files_size_in_mb=0.006,
-        video_files_size_in_mb=0.01,
+        data_files_size_in_mb=0.012,
+        video_files_size_in_mb=0.005,
         chunks_size=3,
     )

@@ -103,3 +103,16 @@ def test_generated_dataset_rolls_over_files_and_chunks(tabular_dataset) -> None:
         cols = read_episode_columns(m, ref, ["episode_index", "frame_index"])
         assert (cols["episode_index"] == ref.episode_index).all()
         np.testing.assert_array_equal(cols["frame_index"], np.arange(ref.length))
+
+
+def test_video_fixture_has_the_layout_tests_rely_on(video_dataset) -> None:
+    """Several mp4s per camera, several episodes per mp4, video boundaries unlike data boundaries."""
+    m = open_dataset(video_dataset)
+    for key in m.video_keys:
+        files = [e.video(key).path for e in m.episodes]
+        assert len(set(files)) >= 2 and len(set(files)) < len(files)
+    data_groups = [tuple(e.episode_index for e in m.episodes if e.data_path == p) for p in sorted({e.data_path for e in m.episodes})]
+    assert any(len(g) > 1 for g in data_groups)
+    video_groups = [tuple(e.episode_index for e in m.episodes if e.video(m.video_keys[0]).path == p)
+                    for p in sorted({e.video(m.video_keys[0]).path for e in m.episodes})]
+    assert data_groups != video_groups
