@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streamnodes.errors import DatasetConsistencyError, DatasetFormatError
+from streamnodes.format.retry import with_retries
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +184,7 @@ class DatasetMeta:
     @property
     def is_remote(self) -> bool:
         """True when files are not on the local file system (http, hf, s3 ...): the Prefetcher applies."""
-        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        return not ({"file", "local"} & set(protocols))
+        return fs_is_remote(self.fs)
 
     def url(self, relative_path: str) -> str:
         """The path of a file of the dataset as the dataset's fsspec file system names it."""
@@ -211,6 +211,20 @@ class DatasetMeta:
 
 
 # ---- opening ---------------------------------------------------------------------------------------
+
+
+def fs_is_remote(fs: fsspec.AbstractFileSystem) -> bool:
+    """True unless ``fs`` is the local file system."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return not ({"file", "local"} & set(protocols))
+
+
+def _read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    """A whole (small, metadata) file; remote files in one request, retried on transient failures."""
+    if not fs_is_remote(fs):
+        with fs.open(path, "rb") as f:
+            return f.read()
+    return with_retries(lambda: fs.cat_file(path), what=path, remote=True)
 
 
 def _filesystem(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -249,8 +263,7 @@ def open_dataset(root: str | Any, *, check_files: bool = True, max_threads: int 
 
 def _read_info(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
     try:
-        with fs.open(path, "rb") as f:
-            info = json.loads(f.read())
+        info = json.loads(_read_bytes(fs, path))
     except FileNotFoundError:
         raise DatasetFormatError(
             f"{path}: missing. A LeRobot v3.0 dataset root holds meta/info.json; check the root path or URL."
@@ -290,8 +303,7 @@ def _parse_features(info: Mapping[str, Any], path: str) -> dict[str, Feature]:
 
 def _read_tasks(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, ...]:
     try:
-        with fs.open(path, "rb") as f:
-            table = pq.read_table(f)
+        table = pq.read_table(pa.BufferReader(_read_bytes(fs, path)))
     except FileNotFoundError:
         raise DatasetFormatError(f"{path}: missing. LeRobot v3.0 keeps task strings there; re-write the metadata.") from None
     except pa.ArrowInvalid as e:
@@ -310,8 +322,7 @@ def _read_tasks(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, ...]:
 
 def _read_stats(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
     try:
-        with fs.open(path, "rb") as f:
-            return json.loads(f.read())
+        return json.loads(_read_bytes(fs, path))
     except FileNotFoundError:
         log.warning("%s: missing; normalisation stats will be unavailable (reading frames is unaffected).", path)
         return None
@@ -333,8 +344,7 @@ def _read_episodes_table(fs: fsspec.AbstractFileSystem, url, info: Mapping[str, 
         rel = EPISODES_PATH.format(chunk_index=chunk, file_index=file_index)
         path = url(rel)
         try:
-            with fs.open(path, "rb") as f:
-                table = pq.read_table(f, columns=None)
+            table = pq.read_table(pa.BufferReader(_read_bytes(fs, path)))
         except FileNotFoundError:
             raise DatasetFormatError(
                 f"{path}: missing; the episodes table read so far has {rows} of total_episodes={total} "

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from streamnodes.errors import DatasetConsistencyError, DatasetFormatError
+from streamnodes.format.retry import RetryingRangeFile
 
 if TYPE_CHECKING:
     from streamnodes.format.metadata import DatasetMeta, EpisodeRef
@@ -30,10 +31,15 @@ log = logging.getLogger(__name__)
 
 
 def open_parquet(meta: DatasetMeta, relative_path: str) -> pq.ParquetFile:
-    """Open a data file of ``meta`` and parse its footer, with errors that name the file."""
+    """Open a data file of ``meta`` and parse its footer, with errors that name the file.
+
+    Remote files are read through :class:`~streamnodes.format.retry.RetryingRangeFile`: every ranged
+    request is retried on transient failures, and :class:`DownloadError` names the URL when the
+    retries run out.
+    """
     path = meta.url(relative_path)
     try:
-        handle = meta.fs.open(path, "rb")
+        handle = RetryingRangeFile(meta.fs, path) if meta.is_remote else meta.fs.open(path, "rb")
     except FileNotFoundError:
         raise DatasetFormatError(
             f"{path}: data file missing (the episodes table points to it). Restore or re-download it."
