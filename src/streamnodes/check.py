@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -73,7 +74,11 @@ class CheckReport:
     video_files: int = 0
     cameras: tuple[str, ...] = ()
     fps: int | None = None
-    rows_read: int = 0  # data rows read from episodes' row groups
+    episodes_read: int = 0  # episodes whose row group was read and matched the episodes table
+    rows_read: int = 0  # data rows in those row groups
+    columns_read: tuple[str, ...] = ()  # the columns read from each episode's row group
+    read_all_columns: bool = False  # read_rows=True: every column was read
+    episodes_not_read: int = 0  # episodes skipped because their data file's footer has a problem
     frames_decoded: int = 0
     decoded: bool = True  # False with decode=False: videos not checked
     metadata_ok: bool = False
@@ -84,7 +89,7 @@ class CheckReport:
         return not self.problems
 
     def add(self, file: str, episode: int | None, message: str) -> None:
-        problem = Problem(file, episode, message)
+        problem = Problem(file, episode, " ".join(message.split()))  # one line (pyarrow's span several)
         log.debug("problem: %s", problem)
         self.problems.append(problem)
 
@@ -97,8 +102,23 @@ class CheckReport:
                 f"  dataset: LeRobot v3.0, {self.episodes} episodes, {self.frames} frames, "
                 f"fps {self.fps}, cameras: {cams}"
             )
-            lines.append(f"  data files: {self.data_files} checked (footers), {self.rows_read} rows read")
-            if self.decoded:
+            lines.append(f"  data files: {self.data_files} checked (footers)")
+            if self.columns_read and (self.episodes_read or not self.episodes_not_read):
+                columns = "all columns" if self.read_all_columns else ", ".join(self.columns_read)
+                lines.append(
+                    f"  episode rows: {self.episodes_read} episodes, {self.rows_read} rows read ({columns})"
+                )
+            if self.episodes_not_read:
+                nominal = (
+                    " (videos checked at the nominal timestamps frame_index / fps)" if self.decoded else ""
+                )
+                lines.append(
+                    f"  episode rows: {_plural(self.episodes_not_read, 'episode')} not read, their data file "
+                    f"has a problem{nominal}"
+                )
+            if not self.cameras:
+                lines.append("  video files: none (the dataset has no cameras)")
+            elif self.decoded:
                 lines.append(
                     f"  video files: {self.video_files} checked, {self.frames_decoded} frames decoded "
                     f"(first and last of each episode and camera, tolerance {self.tolerance_s:g} s)"
@@ -111,9 +131,9 @@ class CheckReport:
         by_file: dict[str, list[Problem]] = defaultdict(list)
         for problem in self.problems:
             by_file[problem.file].append(problem)
-        count = len(self.problems)
+        problems_text = _plural(len(self.problems), "problem")
         lines.append("")
-        lines.append(f"{count} problem{'s' if count != 1 else ''} in {len(by_file)} file{'s' if len(by_file) != 1 else ''}:")
+        lines.append(f"{problems_text} in {_plural(len(by_file), 'file')}:")
         for file, problems in by_file.items():
             lines.append(f"- {file}")
             for problem in problems[:_MAX_PROBLEMS_SHOWN_PER_FILE]:
@@ -121,9 +141,11 @@ class CheckReport:
                 lines.append(f"    {where}{problem.message}")
             hidden = len(problems) - _MAX_PROBLEMS_SHOWN_PER_FILE
             if hidden > 0:
-                episodes = [p.episode for p in problems[_MAX_PROBLEMS_SHOWN_PER_FILE:] if p.episode is not None]
+                episodes = [
+                    p.episode for p in problems[_MAX_PROBLEMS_SHOWN_PER_FILE:] if p.episode is not None
+                ]
                 lines.append(f"  ... and {hidden} more in this file (episodes {_ranges(episodes)})")
-        lines.append(f"FAILED: {count} problem{'s' if count != 1 else ''}.")
+        lines.append(f"FAILED: {problems_text}.")
         return "\n".join(lines)
 
 
@@ -240,19 +262,25 @@ def _read_episodes(
     """
     has_timestamp = "timestamp" in meta.data_keys
     columns = list(meta.data_keys) if all_columns else ["timestamp"] if has_timestamp else []
+    report.columns_read = tuple(dict.fromkeys([*columns, "index"]))
+    report.read_all_columns = all_columns
     out: dict[int, tuple[float, float]] = {}
     files = ParquetFileCache(meta, max_open=1)
     try:
         for path, episodes in by_data_file.items():
             if path in bad_files:
+                report.episodes_not_read += len(episodes)
                 bar.update(len(episodes))
                 continue
             for ep in sorted(episodes, key=lambda e: e.row_group):
                 try:
                     rows = read_episode_columns(meta, ep, columns, files)
                 except _FILE_ERRORS as e:
-                    report.add(path, ep.episode_index, _strip_episode(_strip_path(root_path, path, str(e)), ep))
+                    report.add(
+                        path, ep.episode_index, _strip_episode(_strip_path(root_path, path, str(e)), ep)
+                    )
                 else:
+                    report.episodes_read += 1
                     report.rows_read += ep.length
                     if has_timestamp:
                         ts = rows["timestamp"]
@@ -278,15 +306,16 @@ def _check_videos(
     for path, uses in by_video_file.items():
         url = meta.url(path)
         video: OpenVideo | None = None
-        for ep, key in sorted(uses, key=lambda u: u[0].episode_index):
+        ordered = sorted(uses, key=lambda u: u[0].episode_index)
+        for done, (ep, key) in enumerate(ordered):
             try:
                 if video is None:
                     video = open_video(url)
             except _FILE_ERRORS as e:
-                episodes = sorted({u[0].episode_index for u in uses})
+                episodes = [u[0].episode_index for u in ordered[done:]]
                 message = _strip_path(root_path, path, str(e))
                 report.add(path, None, f"{message} Episodes using this file: {_ranges(episodes)}.")
-                bar.update(len(uses))
+                bar.update(len(ordered) - done)
                 break
             try:
                 report.frames_decoded += _check_episode_frames(
@@ -294,7 +323,8 @@ def _check_videos(
                 )
             except VideoDecodeError as e:
                 report.add(path, ep.episode_index, str(e))
-                video = None  # a decoder that failed mid-stream is reopened for the next episode
+                if e.__cause__ is not None:  # decoding failed mid-stream: reopen for the next episode
+                    video = None
             bar.update(1)
 
 
@@ -353,8 +383,15 @@ def _root_path(root: str) -> str:
     return path.rstrip("/") if path != "/" else path
 
 
+# torchcodec prefixes errors with its C++ function and source location: "SingleStreamDecoder,
+# /__w/torchcodec/.../SingleStreamDecoder.cpp:52, Could not open input file: ..."
+_CPP_LOCATION = re.compile(r"\b\w+, \S+\.(?:cpp|h):\d+, ")
+
+
 def _strip_path(root_path: str, relative: str, message: str) -> str:
-    """Drop a leading ``<full path>: `` from an error message; the report names the file already."""
+    """Drop a leading ``<full path>: `` from an error message (the report names the file already)
+    and torchcodec's C++ source locations."""
+    message = _CPP_LOCATION.sub("", message)
     for prefix in (posixpath.join(root_path, relative) + ": ", relative + ": "):
         if message.startswith(prefix):
             return message[len(prefix) :]
@@ -362,8 +399,10 @@ def _strip_path(root_path: str, relative: str, message: str) -> str:
 
 
 def _strip_episode(message: str, ep: EpisodeRef) -> str:
-    """Drop a leading ``episode N: ``; the report names the episode already."""
-    return message.removeprefix(f"episode {ep.episode_index}: ")
+    """Drop a leading ``episode N: `` (``episode N (row group K)`` becomes ``row group K``); the
+    report names the episode already."""
+    message = message.removeprefix(f"episode {ep.episode_index}: ")
+    return re.sub(rf"^episode {ep.episode_index} \((row group \d+)\) ", r"\1 ", message)
 
 
 def _split_metadata_error(root_path: str, message: str) -> tuple[str, str]:
@@ -374,6 +413,10 @@ def _split_metadata_error(root_path: str, message: str) -> tuple[str, str]:
     if sep and head.startswith("meta/"):
         return head, rest
     return "meta", message
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _fmt(values: Iterable[float]) -> str:
