@@ -121,7 +121,7 @@ def test_merged_row_groups_are_refused_then_repaired(ref_copy: Path) -> None:
     table = pq.read_table(ref_copy / DATA)
     pq.write_table(table, ref_copy / DATA)  # a bulk rewrite: one row group for all episodes
     assert pq.ParquetFile(ref_copy / DATA).metadata.num_row_groups == 1
-    with pytest.raises(DatasetConsistencyError, match=r"1 row groups with \[237\] rows.*one row group per episode.*rewrite_row_groups"):
+    with pytest.raises(DatasetConsistencyError, match=r"1 row group\(s\) with \[237\] rows.*one row group per episode.*rewrite_row_groups"):
         open_dataset(ref_copy)
     assert rewrite_row_groups(ref_copy / DATA) == 6
     meta = open_dataset(ref_copy)

@@ -306,7 +306,7 @@ def _read_tasks(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, ...]:
         table = pq.read_table(pa.BufferReader(_read_bytes(fs, path)))
     except FileNotFoundError:
         raise DatasetFormatError(f"{path}: missing. LeRobot v3.0 keeps task strings there; re-write the metadata.") from None
-    except pa.ArrowInvalid as e:
+    except (pa.ArrowInvalid, OSError) as e:
         raise DatasetFormatError(f"{path}: not a readable parquet file ({e}). Re-download it.") from None
     names = table.column_names
     text_col = "task" if "task" in names else "__index_level_0__" if "__index_level_0__" in names else None

@@ -78,7 +78,7 @@ def check_data_file(meta: DatasetMeta, relative_path: str, episodes: list[Episod
             )
         if md.num_row_groups != len(episodes):
             raise DatasetConsistencyError(
-                f"{path}: {md.num_row_groups} row groups with {groups} rows, but the episodes table puts "
+                f"{path}: {md.num_row_groups} row group(s) with {groups} rows, but the episodes table puts "
                 f"{len(episodes)} episodes (index, length) {ep_desc} in it; streamnodes needs one row group "
                 f"per episode (LeRobot's writer guarantees it; bulk rewrites break it). Repair the file with "
                 f"streamnodes.format.rewrite_row_groups({path!r})."
