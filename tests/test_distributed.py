@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from streamnodes.distributed import Consumer, current_consumer, rank_and_world_size, worker_and_count
+from streamnodes.distributed import (
+    Consumer,
+    current_consumer,
+    rank_and_world_size,
+    reconcile,
+    worker_and_count,
+)
 from streamnodes.errors import ConfigError
 
 
@@ -29,3 +35,11 @@ def test_consumer_ids_are_rank_major() -> None:
         Consumer(rank=2, world_size=2)
     with pytest.raises(ConfigError, match="worker_id 3"):
         Consumer(worker_id=3, num_workers=3)
+
+
+def test_accelerate_disagreeing_with_the_launcher_is_an_error() -> None:
+    assert reconcile((1, 2), (1, 2)) == (1, 2)
+    assert reconcile((0, 1), None) == (0, 1)
+    assert reconcile(None, (1, 2)) is None
+    with pytest.raises(ConfigError, match=r"accelerate reports rank 0 of 1 processes, but the launcher set RANK=1, WORLD_SIZE=2.*cpu=True"):
+        reconcile((0, 1), (1, 2))

@@ -42,8 +42,26 @@ def rank_and_world_size(rank: int | None = None, world_size: int | None = None) 
     """This process's (rank, world_size), from the arguments or the environment (see module doc)."""
     if rank is not None and world_size is not None:
         return int(rank), int(world_size)
-    found = _from_accelerate() or _from_torch_distributed() or _from_env() or (0, 1)
+    env = _from_env()
+    found = reconcile(_from_accelerate(), env) or _from_torch_distributed() or env or (0, 1)
     return (int(rank) if rank is not None else found[0], int(world_size) if world_size is not None else found[1])
+
+
+def reconcile(accelerate: tuple[int, int] | None, env: tuple[int, int] | None) -> tuple[int, int] | None:
+    """accelerate's (rank, world size), checked against the launcher's ``RANK``/``WORLD_SIZE``.
+
+    A launcher can start several processes while accelerate believes it runs one (on a machine
+    without GPUs, ``accelerate launch --multi_gpu`` with an ``Accelerator()`` not built with
+    ``cpu=True``). Trusting accelerate then would make every process rank 0 and read the whole
+    stream, so every sample would be seen ``world_size`` times: that disagreement is an error.
+    """
+    if accelerate is None or env is None or accelerate == env:
+        return accelerate
+    raise ConfigError(
+        f"accelerate reports rank {accelerate[0]} of {accelerate[1]} processes, but the launcher set RANK={env[0]}, "
+        f"WORLD_SIZE={env[1]}. accelerate did not join the launched processes: on a machine without GPUs build "
+        "Accelerator(cpu=True); or pass rank= and world_size= to the loader explicitly."
+    )
 
 
 def _from_accelerate() -> tuple[int, int] | None:

@@ -92,6 +92,7 @@ class StreamLoader(StatefulDataLoader):
                 "saved settings to resume."
             )
         self._resume_epoch = int(meta["epoch"]) + (1 if meta.get("epoch_finished") else 0)
+        self.epoch = self._resume_epoch  # what the next iter() yields from
         super().load_state_dict(state_dict[LOADER_KEY])
 
     def stats(self) -> dict[str, Any]:
