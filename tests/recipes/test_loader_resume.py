@@ -100,3 +100,17 @@ def test_unbatched_and_partial_state_sizes_are_small(dataset) -> None:
     assert sample["index"].ndim == 0
     state = loader.state_dict()
     assert len(json.dumps(state)) < 20_000
+
+
+def test_spawn_workers_resume_and_match_fork(dataset) -> None:
+    """Workers started with spawn receive a pickled graph factory and stream exactly what fork workers do."""
+    kwargs = {"batch_size": 4, "num_workers": 2, "episode_pool_size": 2, "seed": 4, "frame_shuffle_size": 3}
+    fork_batches, _ = _uninterrupted(build_loader(dataset, multiprocessing_context="fork", **kwargs))
+    spawn_loader = build_loader(dataset, multiprocessing_context="spawn", **kwargs)
+    it = iter(spawn_loader)
+    head = [next(it)["index"].tolist() for _ in range(3)]
+    state = spawn_loader.state_dict()
+    assert head == fork_batches[:3]
+    resumed = build_loader(dataset, multiprocessing_context="spawn", **kwargs)
+    resumed.load_state_dict(state)
+    assert rest_of_run(resumed) == fork_batches[3:]
