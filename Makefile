@@ -31,6 +31,7 @@ demo: setup
 	$(BIN)/python recipes/demo.py
 
 bench: setup
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/dataloading.py --out benchmarks/results
 
 lint: setup

@@ -349,3 +349,19 @@ def test_every_episode_boundary_decodes_the_right_frame(dataset, request):
         for key in sample.videos:
             got = [frame_identity(frame) for frame in item[key]]
             assert got == want, (key, sample.episode_index)
+
+
+def test_expand_equals_index_select_on_decoder_output() -> None:
+    """The numpy gather used to repeat padded positions gives index_select's values and shape."""
+    from torchcodec.decoders import VideoDecoder
+
+    from streamnodes.nodes.video_decode import _expand
+
+    path = "tests/data/lerobot_v3_ref/dataset/videos/observation.images.cam/chunk-000/file-000.mp4"
+    frames = VideoDecoder(path, seek_mode="approximate").get_frames_at([0, 3, 7]).data  # NCHW view of NHWC
+    positions = [0, 0, 1, 2, 2, 1]
+    got = _expand(frames, positions)
+    assert got.shape == (6, *frames.shape[1:])
+    assert torch.equal(got, frames.index_select(0, torch.tensor(positions)))
+    contiguous = frames.contiguous()  # the fallback path
+    assert torch.equal(_expand(contiguous, positions), contiguous.index_select(0, torch.tensor(positions)))

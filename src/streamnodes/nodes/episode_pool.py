@@ -87,6 +87,8 @@ class EpisodePool(BaseNode[Frame]):
         self.initial_epoch = int(epoch)
         self.epoch: int | None = None
         self._slots: list[_Slot] = []
+        self._pending: list[int] = []  # pending frames per slot, in step with _slots (the draw's weights)
+        self._total = 0  # sum(self._pending)
         self._rng = make_rng(self.seed, 0, "pool")
         self._source_done = False
         self.episodes_admitted = 0
@@ -94,12 +96,20 @@ class EpisodePool(BaseNode[Frame]):
     def _config(self) -> dict[str, Any]:
         return {"pool_size": self.pool_size, "seed": self.seed, "shuffle": self.shuffle}
 
-    def _slot(self, episode: Episode, consumed: int = 0) -> _Slot:
+    def _admit(self, episode: Episode, consumed: int = 0) -> None:
         order = frame_order(
             episode.ref.length, seed=self.seed, epoch=self.epoch or 0, episode_index=episode.ref.episode_index,
             shuffle=self.shuffle,
         )
-        return _Slot(episode, order, consumed)
+        slot = _Slot(episode, order, consumed)
+        self._slots.append(slot)
+        self._pending.append(slot.pending)
+        self._total += slot.pending
+
+    def _clear(self) -> None:
+        self._slots = []
+        self._pending = []
+        self._total = 0
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
@@ -107,7 +117,7 @@ class EpisodePool(BaseNode[Frame]):
         if initial_state is None:
             self.epoch = next_epoch(None, self.epoch, self.initial_epoch)
             self.source.reset(None)
-            self._slots = []
+            self._clear()
             self._rng = make_rng(self.seed, self.epoch, "pool")
             return
         require_keys("EpisodePool", initial_state, (self.SOURCE_KEY, self.EPOCH_KEY, self.POOL_KEY, self.RNG_KEY, self.CONFIG_KEY))
@@ -115,7 +125,7 @@ class EpisodePool(BaseNode[Frame]):
         self.epoch = int(initial_state[self.EPOCH_KEY])
         self.source.reset(initial_state[self.SOURCE_KEY])
         self._rng = rng_from_state(initial_state[self.RNG_KEY])
-        self._slots = []
+        self._clear()
         for episode_index, consumed in initial_state[self.POOL_KEY]:
             episode = self.source.load_episode(int(episode_index))  # type: ignore[attr-defined]
             if not 0 <= int(consumed) < episode.ref.length:
@@ -123,7 +133,7 @@ class EpisodePool(BaseNode[Frame]):
                     f"EpisodePool: the state says episode {episode_index} has {consumed} frames consumed, but it "
                     f"has {episode.ref.length} frames. The state belongs to another dataset."
                 )
-            self._slots.append(self._slot(episode, int(consumed)))
+            self._admit(episode, int(consumed))
 
     def _fill(self) -> None:
         while len(self._slots) < self.pool_size and not self._source_done:
@@ -132,23 +142,27 @@ class EpisodePool(BaseNode[Frame]):
             except StopIteration:
                 self._source_done = True
                 break
-            self._slots.append(self._slot(episode))
+            self._admit(episode)
             self.episodes_admitted += 1
 
     def next(self) -> Frame:
-        self._fill()
+        if len(self._slots) < self.pool_size and not self._source_done:
+            self._fill()
         if not self._slots:
             raise StopIteration
-        if self.shuffle and len(self._slots) > 1:
-            pending = [s.pending for s in self._slots]
-            i = weighted_choice(pending, int(self._rng.integers(sum(pending))))
+        pending = self._pending
+        if self.shuffle and len(pending) > 1:
+            i = weighted_choice(pending, int(self._rng.integers(self._total)))
         else:
             i = 0
         slot = self._slots[i]
         position = int(slot.order[slot.consumed])
         slot.consumed += 1
-        if slot.consumed == slot.episode.ref.length:
-            del self._slots[i]
+        self._total -= 1
+        if pending[i] == 1:  # drained: evict
+            del self._slots[i], pending[i]
+        else:
+            pending[i] -= 1
         return Frame(slot.episode, position)
 
     def load_episode(self, episode_index: int) -> Episode:
@@ -166,7 +180,7 @@ class EpisodePool(BaseNode[Frame]):
 
     @property
     def pending_frames(self) -> int:
-        return sum(s.pending for s in self._slots)
+        return self._total
 
     def __repr__(self) -> str:
         return (

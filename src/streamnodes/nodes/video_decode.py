@@ -108,8 +108,22 @@ def decode_query(
     for t, p in zip(timestamps, found, strict=True):
         if abs(p - t) > tolerance_s:
             raise _mismatch(video, query, timestamps, found, f"beyond tolerance_s={tolerance_s}")
-    frames = batch.data if expand is None else batch.data.index_select(0, torch.tensor(expand))
-    return frames, len(unique)
+    return (batch.data if expand is None else _expand(batch.data, expand)), len(unique)
+
+
+def _expand(frames: torch.Tensor, positions: list[int]) -> torch.Tensor:
+    """``frames.index_select(0, positions)``: the same values, faster.
+
+    torchcodec returns NCHW as a view of NHWC memory. ``index_select`` on that view transposes every
+    pixel, and inside torch's intra-op thread pool (it stalls when the cores are busy). Gathering whole
+    frames in memory order with numpy is one memcpy per frame in the calling thread: ~10 us instead of
+    ~100 us for 8 frames of 128x96 (measured). The result keeps torchcodec's layout.
+    """
+    if frames.dim() == 4 and frames.device.type == "cpu":
+        nhwc = frames.permute(0, 2, 3, 1)
+        if nhwc.is_contiguous():
+            return torch.from_numpy(nhwc.numpy().take(positions, axis=0)).permute(0, 3, 1, 2)
+    return frames.index_select(0, torch.tensor(positions))
 
 
 def _mismatch(

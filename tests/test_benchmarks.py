@@ -1,0 +1,109 @@
+"""Smoke test of benchmarks/dataloading.py on a tiny dataset: every loader runs, results have the
+documented structure and consistent values. Never asserts on wall-clock speed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import bench_loaders  # noqa: E402
+from bench_data import DatasetSpec, ensure_dataset  # noqa: E402
+from bench_loaders import LOADERS, RunSpec, consumer_batches, run, shuffle_quality  # noqa: E402
+from bench_report import write_results  # noqa: E402
+from dataloading import machine_info, parse_args  # noqa: E402
+
+RUN_KEYS = {
+    "loader", "mode", "num_workers", "samples_per_s", "frames_per_s", "first_batch_s", "p50_ms", "p95_ms",
+    "p99_ms", "peak_rss_mb", "cache_hit_rate", "state_bytes", "resume_s", "distinct_episodes_per_batch",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    spec = DatasetSpec(
+        episodes=6, min_length=40, max_length=60, fps=20,
+        cameras={"observation.images.front": (64, 80), "observation.images.wrist": (64, 64)},
+        video_files_size_in_mb=0.02, data_files_size_in_mb=0.01,
+    )
+    root = ensure_dataset(spec, tmp_path_factory.mktemp("bench_cache"))
+    assert ensure_dataset(spec, root.parent) == root  # cached: the second call writes nothing
+    assert len(list((root / "videos" / "observation.images.front").rglob("*.mp4"))) > 1
+    return root
+
+
+@pytest.mark.timeout(120)
+def test_every_loader_runs_and_reports(tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)  # HF's 5 s sleep on closing
+    runs = []
+    try:
+        for loader in LOADERS:
+            spec = RunSpec(loader=loader, mode="window", num_workers=0, root=str(tiny_root), batch_size=8,
+                           warmup_batches=2, measure_batches=4, pool_size=3, frame_buffer=16)
+            runs.append(run(spec))
+    finally:
+        bench_loaders.release()
+    by_loader = {r["loader"]: r for r in runs}
+    for r in runs:
+        assert set(r) >= RUN_KEYS, r["loader"]
+        assert r["mode"] == "window" and r["num_workers"] == 0
+        assert r["samples_measured"] == 4 * 8  # every loader measures the same number of samples
+        assert r["samples_per_s"] > 0 and r["frames_per_s"] > 0 and r["first_batch_s"] > 0
+        assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+        assert r["peak_rss_mb"] > 0 and r["cpu_ms_per_sample"] > 0
+        # window mode: 2 cameras x 1..8 distinct frames per sample
+        assert 2 * 32 <= r["frames_decoded"] <= 2 * 8 * 32
+    sn, floor = by_loader["streamnodes"], by_loader["decode_floor"]
+    assert sn["frames_decoded"] == floor["frames_decoded"]  # the floor issues exactly streamnodes' decodes
+    assert sn["state_bytes"] > 0 and set(sn["resume_s"]) == {"10", "50", "90"}
+    assert all(v > 0 for v in sn["resume_s"].values())
+    for name in ("decode_floor", "map_style", "datasets_native"):
+        assert by_loader[name]["resume_s"] is None and by_loader[name]["state_bytes"] is None
+    for name in ("streamnodes", "map_style", "datasets_native"):
+        r = by_loader[name]
+        assert 0.0 <= r["cache_hit_rate"] <= 1.0
+        assert 1 <= r["distinct_episodes_per_batch"] <= 8
+        assert 1 <= r["distinct_episodes_per_batch_uniform"] <= 8
+        assert r["episode_distance"] >= 0 and r["episode_distance_uniform"] > 0
+
+    machine = machine_info()
+    paths = write_results(tmp_path / "out", machine, runs, {"batch_size": 8, "dataset": {"episodes": 6}})
+    data = json.loads(paths["json"].read_text())
+    assert set(data) >= {"machine", "runs"} and data["machine"]["cores"] >= 1
+    assert [r["loader"] for r in data["runs"]] == list(LOADERS)
+    assert data["runs"][1]["ratio_to_floor"] == 1.0 and data["runs"][0]["ratio_to_floor"] > 0
+    with paths["csv"].open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(LOADERS) and rows[0]["resume_s_50"] != "" and rows[2]["resume_s_50"] == ""
+    assert "| streamnodes | window | 0 |" in paths["md"].read_text()
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_floor_splits_batches_like_the_dataloader() -> None:
+    spec = RunSpec(loader="decode_floor", mode="single", num_workers=2, root="", warmup_batches=6, measure_batches=9)
+    assert consumer_batches(spec) == [(3, 5), (3, 4)]  # batch i comes from worker i % 2
+    assert consumer_batches(RunSpec(loader="decode_floor", mode="single", num_workers=0, root="",
+                                    warmup_batches=6, measure_batches=9)) == [(6, 9)]
+
+
+def test_shuffle_quality_reference_values() -> None:
+    lengths = {e: 10 for e in range(20)}
+    ordered = [[e] * 5 for e in range(20) for _ in range(2)]  # storage order: one episode per batch
+    q = shuffle_quality(ordered, lengths)
+    assert q["distinct_episodes_per_batch"] == 1.0
+    assert q["episode_distance"] < 0.2  # consecutive samples almost always from the same episode
+    assert q["distinct_episodes_per_batch_uniform"] > 3 and q["episode_distance_uniform"] > 4
+
+
+def test_quick_defaults() -> None:
+    quick, full = parse_args(["--quick"]), parse_args([])
+    assert quick.workers == [0, 2] and full.workers == [0, 1, 2]
+    assert quick.single_batches < full.single_batches and quick.repeats == 1
