@@ -114,3 +114,13 @@ def test_spawn_workers_resume_and_match_fork(dataset) -> None:
     resumed = build_loader(dataset, multiprocessing_context="spawn", **kwargs)
     resumed.load_state_dict(state)
     assert rest_of_run(resumed) == fork_batches[3:]
+
+
+def test_custom_collate_fn_runs_in_workers(dataset) -> None:
+    def indices_only(samples):
+        return torch.stack([s["index"] for s in samples])
+
+    loader = build_loader(dataset, batch_size=5, num_workers=2, episode_pool_size=2, collate_fn=indices_only)
+    batches = list(loader)
+    assert all(isinstance(b, torch.Tensor) and b.dtype == torch.int64 for b in batches)
+    assert sorted(int(i) for b in batches for i in b) == list(range(65))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -174,6 +174,7 @@ def build_loader(
     prefetch_max_bytes: int = 2 << 30,
     pin_memory: bool = False,
     on_error: str = "raise",
+    collate_fn: Callable[[list[dict[str, Any]]], Any] | None = None,
 ) -> StreamLoader:
     """A ``StatefulDataLoader`` of LeRobot frames from the dataset at ``source`` (path, URL or metadata).
 
@@ -187,6 +188,9 @@ def build_loader(
     ``"skip"`` skips damaged episodes whole (never half-emitted), logs each with its reason and
     counts them in ``loader.stats()``. With ``"skip"`` data files are checked per episode as they are
     read instead of all at once when the dataset is opened.
+
+    ``collate_fn`` replaces the DataLoader's ``default_collate`` (it runs in the workers; collation is
+    a measurable share of the per-sample cost, see docs/benchmarks.md).
     """
     if on_error not in ("raise", "skip"):
         raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
@@ -234,5 +238,6 @@ def build_loader(
         drop_last=drop_last,
         snapshot_every_n_steps=snapshot_every_n_steps,
         pin_memory=pin_memory,
+        collate_fn=collate_fn,
         **kwargs,
     )
