@@ -225,6 +225,7 @@ def test_worker_error_surfaces_in_main_process(ds) -> None:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the DataLoader's __del__ after the kill
 def test_killed_worker_does_not_hang(clean) -> None:
     loader = build_loader(clean, batch_size=2, num_workers=2, episode_pool_size=1)
     it = iter(loader)
