@@ -356,7 +356,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
     import streamnodes
-    from streamnodes.recipes.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
+    from streamnodes.recipes.checkpoint import (
+        load_checkpoint,
+        prune_checkpoints,
+        save_checkpoint,
+        withdraw_after,
+    )
 
     meta = streamnodes.open_dataset(args.dataset)
     cameras = list(meta.video_keys)
@@ -410,6 +415,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if "torch_rng" in extra:
             torch.set_rng_state(extra["torch_rng"])
         log.info("resumed from %s at step %d (loader epoch %s)", resume, step, extra.get("epoch"))
+    # checkpoints saved after the resume point belong to a rolled-back future: withdraw this rank's
+    # markers from them, and let no rank save before every rank has done so
+    for stale in withdraw_after(args.output_dir, step, rank):
+        log.info("rank %d withdrew its marker from %s (after the resume point)", rank, stale)
+    accelerator.wait_for_everyone()
 
     policy = model
     if model is not None:

@@ -183,3 +183,24 @@ def test_prune_keeps_newest_complete(tmp_path: Path) -> None:
     assert [p.name for p in removed] == ["step-00000010", "step-00000020"]
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000005", "step-00000030", "step-00000040"]
     assert prune_checkpoints(tmp_path, keep_last=0) == []
+
+
+def test_resume_withdraws_markers_of_the_rolled_back_future(tmp_path: Path) -> None:
+    """The interleaving a SIGKILL test produced: rank 0 saved step 6 in a run killed before rank 1 did;
+    the restart resumed from 3 and its rank 1 saved step 6 too. Without withdrawal the two markers
+    would make step 6 "complete", stitched from two incarnations."""
+    def save(step: int, rank: int) -> None:
+        ckpt.save_checkpoint(tmp_path, step, model_state=None, optimizer_state=None,
+                             loader_state={"rank": rank, "step": step}, rank=rank, world_size=2)
+
+    for rank in (0, 1):
+        save(3, rank)
+    save(6, 0)  # first incarnation: rank 0 only, then killed
+    assert latest_checkpoint(tmp_path, 2).name == "step-00000003"
+    # restart from 3: every rank withdraws its markers after 3 before anyone saves
+    assert ckpt.withdraw_after(tmp_path, 3, rank=0) == [tmp_path / "step-00000006"]
+    assert ckpt.withdraw_after(tmp_path, 3, rank=1) == []
+    save(6, 1)  # second incarnation: rank 1 saves 6, rank 0 is killed before it does
+    assert latest_checkpoint(tmp_path, 2).name == "step-00000003"  # not the stitched step 6
+    save(6, 0)
+    assert latest_checkpoint(tmp_path, 2).name == "step-00000006"  # both ranks of one incarnation

@@ -326,3 +326,24 @@ def prune_checkpoints(directory: str | os.PathLike[str], keep_last: int) -> list
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed
+
+
+def withdraw_after(directory: str | os.PathLike[str], step: int, rank: int) -> list[Path]:
+    """Remove this rank's completion marker from every checkpoint saved after ``step``; return them.
+
+    A run that resumes from ``step`` (0: from scratch) rolls back everything after it, including the
+    checkpoints it had saved: they belong to a future that did not happen. Without this, a killed
+    run's marker can meet another rank's marker written after the restart in the same ``step-N``
+    directory, and a later resume would stitch one checkpoint from two incarnations. Call it on every
+    rank before training, followed by a barrier, so no rank saves before every stale marker is gone.
+    """
+    withdrawn = []
+    for path in list_checkpoints(directory):
+        if checkpoint_step(path) > step:
+            marker = path / MARKER_FILE.format(rank=rank)
+            if marker.exists():
+                marker.unlink()
+                withdrawn.append(path)
+    if withdrawn:
+        _fsync_dir(Path(directory))
+    return withdrawn
