@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streamnodes.errors import DatasetConsistencyError, DatasetFormatError, StreamNodesError
+from streamnodes.errors import DatasetConsistencyError, DatasetFormatError
 from streamnodes.format.validate import open_parquet
 
 if TYPE_CHECKING:
@@ -52,12 +52,6 @@ class ParquetFileCache:
             old.close(force=True)
         return pf
 
-    def evict(self, relative_path: str) -> None:
-        """Forget (and close) one open file, e.g. after a failed remote read left it broken."""
-        pf = self._open.pop(relative_path, None)
-        if pf is not None:
-            pf.close(force=True)
-
     def close(self) -> None:
         for pf in self._open.values():
             pf.close(force=True)
@@ -79,7 +73,7 @@ def read_episode_columns(
     own = files is None
     files = files or ParquetFileCache(meta, max_open=1)
     path = meta.url(ref.data_path)
-    def read() -> pa.Table:
+    try:
         pf = files.get(ref.data_path)
         if ref.row_group >= pf.metadata.num_row_groups:
             raise DatasetConsistencyError(
@@ -93,13 +87,8 @@ def read_episode_columns(
                 f"{path}: episode {ref.episode_index}: columns {missing} are not in the data file "
                 f"(it has {pf.schema_arrow.names}). Ask only for features of this dataset."
             )
-        return pf.read_row_group(ref.row_group, columns=wanted)
-
-    try:
-        table = read()  # remote ranges are retried inside RetryingRangeFile
+        table = pf.read_row_group(ref.row_group, columns=wanted)  # remote: ranges retried in RetryingRangeFile
     except (pa.ArrowInvalid, OSError) as e:
-        if isinstance(e, StreamNodesError):
-            raise
         raise DatasetFormatError(
             f"{path}: episode {ref.episode_index} (row group {ref.row_group}) cannot be read ({e}). "
             "The file is damaged; re-download or re-write it."

@@ -57,12 +57,10 @@ def with_retries(
     remote: bool,
     retries: int = RETRIES,
     backoff_s: float = BACKOFF_S,
-    on_retry: Callable[[], None] | None = None,
 ) -> T:
     """Run ``fn``; for remote files retry transient failures up to ``retries`` times with backoff.
 
-    ``on_retry`` runs before each new attempt (e.g. to drop a broken cached file handle). When the
-    retries are used up, :class:`DownloadError` names ``what`` and the last error. Permanent errors
+    When the retries are used up, :class:`DownloadError` names ``what`` and the last error. Permanent errors
     (a missing file, a corrupt footer) are raised at once, unchanged, for the caller to word.
     """
     attempt = 0
@@ -81,8 +79,6 @@ def with_retries(
             delay = min(MAX_BACKOFF_S, backoff_s * 2 ** (attempt - 1))
             log.info("retrying %s in %.2fs after %s (attempt %d/%d)", what, delay, type(error).__name__, attempt, retries)
             time.sleep(delay)
-            if on_retry is not None:
-                on_retry()
 
 
 class ShortRead(ConnectionError):

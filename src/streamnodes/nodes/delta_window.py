@@ -43,7 +43,6 @@ class DeltaWindow(BaseNode[Sample]):
         self.source = source
         self.meta = meta
         self.tolerance_s = tolerance_s
-        self.delta_timestamps = {k: list(v) for k, v in (delta_timestamps or {}).items()}
         self.offsets = delta_indices(delta_timestamps, meta.fps, tolerance_s=tolerance_s, features=meta.features)
         # Hot path: keys with equal offsets share one window per sample, and windows that fall inside the
         # episode skip the clamp. key -> (slot in the per-sample window list, offsets, min, max).

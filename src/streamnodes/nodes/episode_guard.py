@@ -97,9 +97,9 @@ class EpisodeGuard(BaseNode[Episode]):
     def _probe(self, episode: Episode) -> None:
         """Decode each camera's first and last frame of the episode (raises what decoding would)."""
         timestamps = episode.columns.get("timestamp")
+        if timestamps is None:  # no cameras to locate (DeltaWindow refuses cameras without timestamps)
+            return
         for segment in episode.ref.videos:
-            if timestamps is None:
-                break
             ends = segment.from_timestamp + timestamps[[0, -1]].astype(np.float64)
             query = VideoQuery(segment.key, episode.video_files[segment.key], episode.ref.episode_index, ends)
             decode_query(self._cache, query, tolerance_s=self.tolerance_s, timeout=self.download_timeout_s)

@@ -91,7 +91,6 @@ class EpisodePool(BaseNode[Frame]):
         self._total = 0  # sum(self._pending)
         self._rng = make_rng(self.seed, 0, "pool")
         self._source_done = False
-        self.episodes_admitted = 0
 
     def _config(self) -> dict[str, Any]:
         return {"pool_size": self.pool_size, "seed": self.seed, "shuffle": self.shuffle}
@@ -143,7 +142,6 @@ class EpisodePool(BaseNode[Frame]):
                 self._source_done = True
                 break
             self._admit(episode)
-            self.episodes_admitted += 1
 
     def next(self) -> Frame:
         if len(self._slots) < self.pool_size and not self._source_done:

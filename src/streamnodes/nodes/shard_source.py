@@ -103,11 +103,6 @@ class ShardSource(BaseNode[EpisodeRef]):
     def get_state(self) -> dict[str, Any]:
         return {self.EPOCH_KEY: self.epoch, self.OFFSET_KEY: self._offset, self.CONFIG_KEY: self._config()}
 
-    @property
-    def frames_this_epoch(self) -> int:
-        """Frames of this consumer's episodes in the current epoch."""
-        return sum(ref.length for ref in self._refs)
-
     def __repr__(self) -> str:
         c = self.consumer
         return (

@@ -125,9 +125,9 @@ class NodeIterableDataset(IterableDataset):
         now = [consumer.rank, consumer.world_size, consumer.worker_id, consumer.num_workers]
         if saved != now:
             raise StateError(
-                f"the loader state was saved by rank {saved[0]} of {saved[1]}, worker {saved[2]} of {saved[3]}; it is "
-                f"being restored into rank {now[0]} of {now[1]}, worker {now[2]} of {now[3]}. Restore each rank's own "
-                "state file with the same world size and num_workers."
+                f"the loader state was saved by consumer [rank, world_size, worker, num_workers] = {saved}; it is "
+                f"being restored into {now}. Restore each rank's own state file with the same world size and "
+                "num_workers."
             )
         if state.get("config") != self.config_fingerprint:
             raise StateError(

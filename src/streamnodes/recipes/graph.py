@@ -9,10 +9,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from torchdata.nodes import BaseNode
 
 from streamnodes.distributed import Consumer
 from streamnodes.format.metadata import DatasetMeta
+from streamnodes.nodes import (
+    DeltaWindow,
+    EpisodeBatcher,
+    EpisodeGuard,
+    EpisodePool,
+    FrameShuffle,
+    Prefetcher,
+    ShardSource,
+    Take,
+    VideoDecode,
+)
 from streamnodes.rng import derive_seed
 from streamnodes.sharding import EpochPlan, equal_rank_quota, plan_epoch
 
@@ -76,14 +88,6 @@ class LeRobotGraph:
         return equal_rank_quota(self.plan(epoch, world_size * num_workers), world_size, num_workers)
 
     def __call__(self, consumer: Consumer, epoch: int) -> BaseNode:
-        from streamnodes.nodes.delta_window import DeltaWindow
-        from streamnodes.nodes.episode_batcher import EpisodeBatcher
-        from streamnodes.nodes.episode_pool import EpisodePool
-        from streamnodes.nodes.frame_shuffle import FrameShuffle
-        from streamnodes.nodes.shard_source import ShardSource
-        from streamnodes.nodes.take import Take
-        from streamnodes.nodes.video_decode import VideoDecode
-
         c = self.config
         node: BaseNode = ShardSource(
             self.meta, seed=c.seed, shuffle=c.shuffle, epoch=epoch, rank=consumer.rank, world_size=consumer.world_size,
@@ -91,13 +95,9 @@ class LeRobotGraph:
         )
         node = EpisodeBatcher(node, self.meta)
         if self.meta.is_remote:
-            from streamnodes.nodes.prefetcher import Prefetcher
-
             cache_dir = os.path.join(c.cache_dir, f"consumer-{consumer.id}") if c.cache_dir else None
             node = Prefetcher(node, self.meta, cache_dir=cache_dir, max_bytes=c.prefetch_max_bytes)
         if c.on_error == "skip":
-            from streamnodes.nodes.episode_guard import EpisodeGuard
-
             node = EpisodeGuard(node, self.meta, on_error="skip", tolerance_s=c.tolerance_s)
         node = EpisodePool(
             node, pool_size=c.episode_pool_size, seed=derive_seed(c.seed, consumer.id, "pool"), shuffle=c.shuffle, epoch=epoch
@@ -110,8 +110,6 @@ class LeRobotGraph:
         if consumer.world_size > 1:
             quotas, _ = self.quotas(epoch, consumer.world_size, consumer.num_workers)
             node = Take(node, quotas[consumer.worker_id])
-        import torch
-
         dtype = torch.uint8 if c.image_dtype == "uint8" else torch.float32
         return VideoDecode(node, image_dtype=dtype, tolerance_s=c.tolerance_s, max_decoders=c.max_decoders)
 
