@@ -1,0 +1,129 @@
+"""The ``meta/`` files besides ``info.json``: info features, episodes table, tasks, global statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from streamnodes.format.metadata import EPISODES_PATH, TASKS_PATH
+from streamnodes.testing.identity import _identity_images
+from streamnodes.testing.layout import _Camera, _Episode
+from streamnodes.testing.stats import _image_stats, _stats_sample, _tabular_stats
+from streamnodes.testing.tabular import ACTION_KEY, IDENTITY_KEYS, STATE_KEY, _episode_columns
+from streamnodes.testing.video import _PIXEL_FORMAT
+
+
+def _features(
+    cameras: Sequence[_Camera], fps: int, state_dim: int, action_dim: int, codec: str
+) -> dict[str, Any]:
+    """``info.json`` features, in LeRobot's order: state, action, cameras, identity columns."""
+    features: dict[str, Any] = {}
+    for key, dim in ((STATE_KEY, state_dim), (ACTION_KEY, action_dim)):
+        if dim:
+            features[key] = {"dtype": "float32", "shape": [dim], "names": [f"joint_{d}" for d in range(dim)]}
+    for camera in cameras:
+        features[camera.key] = {
+            "dtype": "video",
+            "shape": [camera.height, camera.width, 3],
+            "names": ["height", "width", "channels"],
+            "info": {
+                "video.height": camera.height,
+                "video.width": camera.width,
+                "video.codec": codec,
+                "video.pix_fmt": _PIXEL_FORMAT,
+                "video.is_depth_map": False,
+                "video.fps": fps,
+                "video.channels": 3,
+                "has_audio": False,
+            },
+        }
+    features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
+    for key in IDENTITY_KEYS[1:]:
+        features[key] = {"dtype": "int64", "shape": [1], "names": None}
+    return features
+
+
+def _write_episodes_table(
+    root: Path,
+    columns: dict[str, Any],
+    ep_stats: Sequence[Mapping[str, Mapping[str, np.ndarray]]],
+    features: Mapping[str, Any],
+) -> None:
+    """``meta/episodes/chunk-000/file-000.parquet``: one row per episode, LeRobot's columns and types."""
+    fields = [
+        pa.field("episode_index", pa.int64()),
+        pa.field("tasks", pa.list_(pa.string())),
+        pa.field("length", pa.int64()),
+        pa.field("data/chunk_index", pa.int64()),
+        pa.field("data/file_index", pa.int64()),
+        pa.field("dataset_from_index", pa.int64()),
+        pa.field("dataset_to_index", pa.int64()),
+    ]
+    for name in columns:
+        if name.startswith("videos/"):
+            kind = pa.float64() if name.endswith("_timestamp") else pa.int64()
+            fields.append(pa.field(name, kind))
+    for key, feature in features.items():
+        is_int = feature["dtype"] == "int64"
+        is_image = feature["dtype"] in ("video", "image")
+        value_type: pa.DataType = (
+            pa.list_(pa.list_(pa.list_(pa.float64()))) if is_image else pa.list_(pa.float64())
+        )
+        for name in ep_stats[0][key]:
+            if name == "count" or name in ("min", "max") and is_int:
+                kind = pa.list_(pa.int64())
+            else:
+                kind = value_type
+            column = f"stats/{key}/{name}"
+            fields.append(pa.field(column, kind))
+            columns[column] = [stats[key][name].tolist() for stats in ep_stats]
+    fields += [
+        pa.field("meta/episodes/chunk_index", pa.int64()),
+        pa.field("meta/episodes/file_index", pa.int64()),
+    ]
+    columns["meta/episodes/chunk_index"] = [0] * len(ep_stats)
+    columns["meta/episodes/file_index"] = [0] * len(ep_stats)
+    schema = pa.schema(fields)
+    table = pa.Table.from_pydict({f.name: columns[f.name] for f in schema}, schema=schema)
+    path = root / EPISODES_PATH.format(chunk_index=0, file_index=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
+def _write_tasks(root: Path, tasks: Sequence[str]) -> None:
+    """``meta/tasks.parquet``: a pandas frame indexed by task string with a ``task_index`` column."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"task_index": np.arange(len(tasks), dtype=np.int64)}, index=pd.Index(list(tasks)))
+    frame.to_parquet(root / TASKS_PATH)
+
+
+def _global_stats(
+    episodes: Sequence[_Episode],
+    cameras: Sequence[_Camera],
+    image_stats: Mapping[str, Sequence[Mapping[str, np.ndarray]]],
+    feature_order: Sequence[str],
+    fps: int,
+    state_dim: int,
+    action_dim: int,
+) -> dict[str, dict[str, np.ndarray]]:
+    """``meta/stats.json``: exact statistics over all frames for tabular features; for images, over the
+    frames sampled for the per-episode statistics (counts add up)."""
+    per_episode = [_episode_columns(e, fps, state_dim, action_dim) for e in episodes]
+    columns = {key: np.concatenate([c[key] for c in per_episode]) for key in per_episode[0]}
+    stats = _tabular_stats(columns, fps)
+    for camera in cameras:
+        sampled = [
+            _identity_images(e.index, _stats_sample(e.length), camera.height, camera.width, camera.index)
+            for e in episodes
+        ]
+        stats[camera.key] = _image_stats(np.concatenate(sampled))
+        stats[camera.key]["count"] = np.array(
+            [sum(int(s["count"][0]) for s in image_stats[camera.key])], dtype=np.int64
+        )
+    return {key: stats[key] for key in feature_order}
