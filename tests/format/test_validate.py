@@ -117,6 +117,23 @@ def test_episode_lengths_disagree_with_row_groups(ref_copy: Path) -> None:
         open_dataset(ref_copy)
 
 
+def test_row_group_global_index_disagrees_with_episodes_table(ref_copy: Path) -> None:
+    # row counts all match, but episode 1's rows carry global indices 21..55 instead of 20..54
+    table = pq.read_table(ref_copy / DATA)
+    index = table.column("index").to_numpy().copy()
+    index[20:55] += 1
+    table = table.set_column(table.column_names.index("index"), "index", pa.array(index, pa.int64()))
+    with pq.ParquetWriter(ref_copy / DATA, table.schema) as writer:
+        for start, stop in [(0, 20), (20, 55), (55, 115), (115, 142), (142, 186), (186, 237)]:
+            writer.write_table(table.slice(start, stop - start), row_group_size=stop - start)
+    with pytest.raises(
+        DatasetConsistencyError,
+        match=r"data/chunk-000/file-000.parquet: row group 1 holds global index 21..55, but episode 1 is \[20, 55\) "
+        r"in the episodes table. Re-write the episodes table or repair the file with rewrite_row_groups",
+    ):
+        open_dataset(ref_copy)
+
+
 def test_merged_row_groups_are_refused_then_repaired(ref_copy: Path) -> None:
     table = pq.read_table(ref_copy / DATA)
     pq.write_table(table, ref_copy / DATA)  # a bulk rewrite: one row group for all episodes

@@ -57,6 +57,24 @@ def test_without_deltas_rows_are_single_frames(meta, reference) -> None:
         assert q.single and np.array_equal(q.timestamps, reference["nodelta__observation.images.cam__query_ts"][k])
 
 
+def test_items_never_share_memory_between_keys(meta) -> None:
+    """Keys with the same offsets get their own arrays: writing into one key's window or pads (e.g. an
+    in-place op on the collated tensor) never changes another key of the same or another sample."""
+    same = [-0.2, -0.1, 0.0]
+    deltas = {"observation.state": same, "action": same, "observation.images.cam": same}
+    node = chain(meta, pool_size=2, delta_timestamps=deltas)
+    samples = list(node)
+    assert {s.data["frame_index"].item() for s in samples} >= {0, 1, 2, 10}  # padded and interior windows
+    for sample in samples:
+        arrays = [(k, v) for k, v in sample.data.items() if isinstance(v, np.ndarray) and v.ndim > 0]
+        assert {k for k, _ in arrays} == {
+            "observation.state", "action", "observation.state_is_pad", "action_is_pad", "observation.images.cam_is_pad"
+        }
+        for i, (a, x) in enumerate(arrays):
+            for b, y in arrays[i + 1 :]:
+                assert not np.shares_memory(x, y), f"{a} and {b} share memory in sample {sample.ref}"
+
+
 def test_config_errors(meta) -> None:
     with pytest.raises(ConfigError, match="not features"):
         DeltaWindow(IterableWrapper([]), meta, delta_timestamps={"observation.velocity": [0.0]})
@@ -64,13 +82,13 @@ def test_config_errors(meta) -> None:
         DeltaWindow(IterableWrapper([]), meta, delta_timestamps={"action": [0.0, 0.15]})
 
 
-def test_materialize_rebuilds_samples_reading_each_episode_once(meta, reference_config) -> None:
+def test_rebuilder_rebuilds_samples_reading_each_episode_once(meta, reference_config) -> None:
     node = chain(meta, delta_timestamps=reference_config["delta_timestamps"])
     node.reset(None)
     originals = [next(node) for _ in range(20)]
     batcher = node.source.source
     before = batcher.episodes_read
-    rebuilt = node.materialize([s.ref for s in originals])
+    rebuilt = node.rebuilder(batcher.reader)([s.ref for s in originals])
     assert batcher.episodes_read - before == len({s.episode_index for s in originals})
     for a, b in zip(originals, rebuilt, strict=True):
         assert a.ref == b.ref

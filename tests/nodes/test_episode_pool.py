@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from collections import Counter
+import math
 
 import numpy as np
 import pytest
 from torchdata.nodes import IterableWrapper
 
+from streamnodes.episode_reader import EpisodeReader
 from streamnodes.errors import ConfigError, StateError
 from streamnodes.format import open_dataset
 from streamnodes.nodes.episode_batcher import EpisodeBatcher
@@ -21,7 +22,8 @@ def meta(tabular_dataset):
 
 def _pool(meta, pool_size=3, seed=0, shuffle=True, **kw):
     src = ShardSource(meta, seed=seed, shuffle=shuffle, rank=0, world_size=1, worker_id=0, num_workers=1, **kw)
-    return EpisodePool(EpisodeBatcher(src, meta), pool_size=pool_size, seed=seed + 10, shuffle=shuffle)
+    reader = EpisodeReader(meta)
+    return EpisodePool(EpisodeBatcher(src, reader), reader=reader, pool_size=pool_size, seed=seed + 10, shuffle=shuffle)
 
 
 def test_every_frame_exactly_once_per_epoch(meta) -> None:
@@ -32,18 +34,73 @@ def test_every_frame_exactly_once_per_epoch(meta) -> None:
         assert sorted(frames) == sorted(expected), pool_size
 
 
-def test_pool_mixes_episodes_and_draws_proportionally(meta) -> None:
+def test_pool_mixes_episodes(meta) -> None:
     node = _pool(meta, pool_size=7)
     node.reset(None)
     first = [next(node).ref[0] for _ in range(12)]
     assert len(set(first)) >= 4  # a pool of the whole dataset mixes episodes from the start
-    # the first draw picks an episode with probability proportional to its length
-    counts = Counter()
-    for seed in range(600):
-        n = _pool(meta, pool_size=7, seed=seed)
-        counts[next(n).ref[0]] += 1
-    for ep in meta.episodes:
-        assert abs(counts[ep.episode_index] / 600 - ep.length / meta.total_frames) < 0.07
+
+
+def _chi2_sf_even_dof(x: float, dof: int) -> float:
+    """P(X >= x) for a chi-square variable with an even number of degrees of freedom (closed form)."""
+    half = x / 2
+    return math.exp(-half) * sum(half**i / math.factorial(i) for i in range(dof // 2))
+
+
+@pytest.fixture(scope="module")
+def short_episodes(tmp_path_factory):
+    """Many short episodes: the pool's weights stay small, so every unit of weight matters."""
+    from streamnodes.testing import write_dataset
+
+    lengths = [1 + (7 * i) % 5 for i in range(24)]
+    return open_dataset(write_dataset(tmp_path_factory.mktemp("short") / "ds", episode_lengths=lengths, cameras=None))
+
+
+def test_draws_follow_pending_frame_weights(short_episodes) -> None:
+    """Each draw from a full pool picks slot j with probability pending_j / sum(pending).
+
+    Pearson's chi-square over the slot positions of ~1500 full-pool draws (several epochs, one fixed
+    seed). Under the property the statistic has at most the chi-square(2) mean (heterogeneous draws only
+    lower it), so the false-failure rate of the threshold is about 1e-4.
+    """
+    meta = short_episodes
+    lengths = {e.episode_index: e.length for e in meta.episodes}
+    pool_size = 3
+    node = _pool(meta, pool_size=pool_size, seed=5)
+    observed = [0] * pool_size
+    expected = [0.0] * pool_size
+    draws = 0
+    while draws < 1500:
+        node.reset(None)  # the next epoch
+        slots = node.state_dict()["pool"]
+        for frame in node:
+            if len(slots) == pool_size:  # a full pool admits nothing before the draw: these are its weights
+                weights = [lengths[e] - consumed for e, consumed in slots]
+                total = sum(weights)
+                for j, w in enumerate(weights):
+                    expected[j] += w / total
+                observed[[e for e, _ in slots].index(frame.ref[0])] += 1
+                draws += 1
+            slots = node.state_dict()["pool"]
+    stat = sum((o - e) ** 2 / e for o, e in zip(observed, expected, strict=True))
+    p_value = _chi2_sf_even_dof(stat, pool_size - 1)
+    assert p_value > 1e-4, f"slot draws {observed} vs expected {[round(e) for e in expected]} (p={p_value:.2g})"
+
+
+def test_frame_orders_change_between_epochs(meta) -> None:
+    """Within each episode, the order its frames are drawn in is new every epoch (not only the episode mix)."""
+    node = _pool(meta, pool_size=3)
+    per_epoch = []
+    for _ in range(2):
+        node.reset(None)
+        order: dict[int, list[int]] = {}
+        for frame in node:
+            order.setdefault(frame.ref[0], []).append(frame.ref[1])
+        per_epoch.append(order)
+    long_enough = [e.episode_index for e in meta.episodes if e.length >= 5]  # 5! orders: a repeat is unlikely
+    assert long_enough
+    for e in long_enough:
+        assert per_epoch[0][e] != per_epoch[1][e], f"episode {e} drew its frames in the same order twice"
 
 
 def test_no_shuffle_is_storage_order(meta) -> None:
@@ -103,5 +160,5 @@ def test_bad_states_and_config(meta) -> None:
         _pool(meta).reset(state)
     with pytest.raises(ConfigError, match="pool_size must be >= 1"):
         _pool(meta, pool_size=0)
-    with pytest.raises(ConfigError, match="has no load_episode"):
-        EpisodePool(IterableWrapper([]), pool_size=2)
+    with pytest.raises(ConfigError, match="reader must be callable"):
+        EpisodePool(IterableWrapper([]), reader=None, pool_size=2)  # type: ignore[arg-type]
