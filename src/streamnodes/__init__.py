@@ -9,6 +9,7 @@ from streamnodes.errors import (
     StreamNodesError,
     VideoDecodeError,
 )
+from streamnodes.episode_reader import EpisodeReader
 from streamnodes.format import DatasetMeta, EpisodeRef, open_dataset, rewrite_row_groups
 from streamnodes.nodes import (
     DeltaWindow,
@@ -20,6 +21,7 @@ from streamnodes.nodes import (
     Take,
     VideoDecode,
 )
+from streamnodes.recipes.config import StreamConfig
 from streamnodes.recipes.loader import StreamLoader, build_loader
 
 __version__ = "0.1.0"
@@ -28,6 +30,7 @@ __all__ = [
     "DeltaWindow",
     "EpisodeBatcher",
     "EpisodePool",
+    "EpisodeReader",
     "FrameShuffle",
     "Prefetcher",
     "ShardSource",
@@ -40,6 +43,7 @@ __all__ = [
     "DownloadError",
     "EpisodeRef",
     "StateError",
+    "StreamConfig",
     "StreamLoader",
     "StreamNodesError",
     "VideoDecodeError",

@@ -8,6 +8,7 @@ from typing import Any
 
 from torchdata.nodes import BaseNode
 
+from streamnodes.episode_reader import EpisodeReader
 from streamnodes.format import DatasetMeta
 from streamnodes.nodes.delta_window import DeltaWindow
 from streamnodes.nodes.episode_batcher import EpisodeBatcher
@@ -28,10 +29,12 @@ def chain(
     delta_timestamps: dict | None = None,
 ) -> BaseNode:
     source = ShardSource(meta, seed=seed, shuffle=shuffle, rank=0, world_size=1, worker_id=consumer, num_workers=consumers)
-    node: BaseNode = EpisodePool(EpisodeBatcher(source, meta), pool_size=pool_size, seed=seed + 1 + consumer, shuffle=shuffle)
-    node = DeltaWindow(node, meta, delta_timestamps=delta_timestamps)
+    reader = EpisodeReader(meta)
+    node: BaseNode = EpisodeBatcher(source, reader)
+    node = EpisodePool(node, reader=reader, pool_size=pool_size, seed=seed + 1 + consumer, shuffle=shuffle)
+    node = window = DeltaWindow(node, meta, delta_timestamps=delta_timestamps)
     if buffer_size:
-        node = FrameShuffle(node, buffer_size=buffer_size, seed=seed + 2 + consumer)
+        node = FrameShuffle(node, rebuild=window.rebuilder(reader), buffer_size=buffer_size, seed=seed + 2 + consumer)
     return node
 
 

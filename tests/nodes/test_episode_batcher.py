@@ -56,7 +56,7 @@ def test_video_locations_are_dataset_files(reference) -> None:
     from tests.conftest import REF_ROOT
 
     meta = open_dataset(REF_ROOT)
-    ep = _batcher(meta).load_episode(2)
+    ep = _batcher(meta).reader(2)
     assert ep.episode_index == 2 and ep.length == 60
     assert ep.video_files["observation.images.cam"].endswith(str(reference["observation.images.cam__video_path"][0]))
 

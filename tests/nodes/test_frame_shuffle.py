@@ -47,6 +47,6 @@ def test_state_errors(meta) -> None:
     with pytest.raises(StateError, match="buffer_size: saved 4, now 5"):
         chain(meta, buffer_size=5).reset(state)
     with pytest.raises(ConfigError, match="buffer_size must be >= 1"):
-        FrameShuffle(chain(meta), buffer_size=0)
-    with pytest.raises(ConfigError, match="no materialize"):
-        FrameShuffle(IterableWrapper([]), buffer_size=3)
+        FrameShuffle(chain(meta), rebuild=lambda refs: [], buffer_size=0)
+    with pytest.raises(ConfigError, match="rebuild must be callable"):
+        FrameShuffle(IterableWrapper([]), rebuild=None, buffer_size=3)  # type: ignore[arg-type]

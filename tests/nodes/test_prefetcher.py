@@ -15,6 +15,7 @@ from torchdata.nodes import BaseNode
 
 from streamnodes.errors import ConfigError, DownloadError, StateError
 from streamnodes.format import open_dataset
+from streamnodes.episode_reader import EpisodeReader
 from streamnodes.nodes.delta_window import DeltaWindow
 from streamnodes.nodes.episode_batcher import EpisodeBatcher
 from streamnodes.nodes.episode_pool import EpisodePool
@@ -117,9 +118,6 @@ class _ListSource(BaseNode[Episode]):
         self.offset += 1
         return self.episodes[self.offset - 1]
 
-    def load_episode(self, episode_index: int) -> Episode:
-        return next(e for e in self.episodes if e.episode_index == episode_index)
-
     def get_state(self) -> dict:
         return {"offset": self.offset}
 
@@ -135,7 +133,7 @@ def test_local_dataset_is_a_pass_through(dataset: Path, tmp_path: Path) -> None:
     node = Prefetcher(_ListSource(episodes), meta, cache_dir=cache_dir)
     out = list(node)
     assert all(a is b for a, b in zip(out, episodes, strict=True))
-    assert node.load_episode(3) is episodes[3]
+    assert node.wrap(episodes[3]) is episodes[3]
     assert node.cache is None and not cache_dir.exists()
     assert node.stats() == {"remote": False, "episodes_wrapped": 0}
     node.close()  # nothing to clean up
@@ -171,8 +169,8 @@ def test_remote_copies_are_identical_and_each_file_downloaded_once(
     assert stats["acquires"] == 2 * N and stats["hits"] == 2 * N - len(originals)
     assert stats["bytes_downloaded"] == sum(map(len, originals.values())) == stats["current_bytes"]
     assert stats["retries"] == 0 and stats["failures"] == 0
-    # load_episode (pool restores) wraps too: a new reference on a resident file, no new download.
-    again = node.load_episode(4)
+    # wrap (what a restore's reader applies) gives a new reference on a resident file, no new download.
+    again = node.wrap(node.source.reader(4))
     assert all(isinstance(h, CachedVideo) for h in again.video_files.values())
     assert node.stats()["downloads"] == len(originals)
     cache_dir = node.cache.directory
@@ -231,13 +229,14 @@ def test_graph_keeps_disk_below_max_bytes_and_ends_empty(dataset: Path, server, 
     assert max_bytes < total / 2
     meta = open_dataset(server.url)
     source = ShardSource(meta, seed=3, rank=0, world_size=1, worker_id=0, num_workers=1)
+    reader = EpisodeReader(meta)
     prefetcher = Prefetcher(
-        EpisodeBatcher(source, meta), meta, cache_dir=tmp_path, max_bytes=max_bytes, **FAST
+        EpisodeBatcher(source, reader), meta, cache_dir=tmp_path, max_bytes=max_bytes, **FAST
     )
+    reader = reader.with_videos(prefetcher.wrap)
     # Samples buffered by FrameShuffle outlive their episode's stay in the pool: their handles keep files.
-    node = FrameShuffle(
-        DeltaWindow(EpisodePool(prefetcher, pool_size=1, seed=4), meta), buffer_size=3, seed=5
-    )
+    window = DeltaWindow(EpisodePool(prefetcher, reader=reader, pool_size=1, seed=4), meta)
+    node = FrameShuffle(window, rebuild=window.rebuilder(reader), buffer_size=3, seed=5)
     frames: Counter = Counter()
     checked = set()
     with _DiskSampler(tmp_path) as disk:
@@ -422,18 +421,18 @@ def test_remote_graph_decodes_exactly_what_the_local_graph_decodes(
     max_bytes = 8 * max(map(len, _video_files(dataset).values()))  # < the whole video; enough for these seeds
 
     def graph(meta, prefetch: bool):
+        reader = EpisodeReader(meta)
         node: BaseNode = EpisodeBatcher(
-            ShardSource(meta, seed=1, rank=0, world_size=1, worker_id=0, num_workers=1), meta
+            ShardSource(meta, seed=1, rank=0, world_size=1, worker_id=0, num_workers=1), reader
         )
         prefetcher = (
             Prefetcher(node, meta, cache_dir=tmp_path, max_bytes=max_bytes, **FAST) if prefetch else None
         )
-        node = EpisodePool(prefetcher or node, pool_size=2, seed=2)
-        node = FrameShuffle(
-            DeltaWindow(node, meta, delta_timestamps={"observation.images.front": [-0.1, 0.0]}),
-            buffer_size=3,
-            seed=3,
-        )
+        if prefetcher is not None:
+            reader = reader.with_videos(prefetcher.wrap)
+        node = EpisodePool(prefetcher or node, reader=reader, pool_size=2, seed=2)
+        window = DeltaWindow(node, meta, delta_timestamps={"observation.images.front": [-0.1, 0.0]})
+        node = FrameShuffle(window, rebuild=window.rebuilder(reader), buffer_size=3, seed=3)
         return VideoDecode(node, image_dtype=torch.uint8), prefetcher
 
     local, _ = graph(open_dataset(dataset), prefetch=False)

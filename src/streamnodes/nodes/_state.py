@@ -1,4 +1,4 @@
-"""Small shared checks for node states (kept here so every node words its errors the same way)."""
+"""Small shared helpers for nodes: state checks (so every node words its errors the same way), shutdown."""
 
 from __future__ import annotations
 
@@ -36,3 +36,11 @@ def next_epoch(state_epoch: int | None, current: int | None, initial: int) -> in
     if state_epoch is not None:
         return int(state_epoch)
     return initial if current is None else current + 1
+
+
+def shutdown_source(node: Any) -> None:
+    """Call ``node.shutdown()`` when it has one: torchdata's shutdown chain, where a node releases its
+    own resources and then its source's (``torchdata.nodes.BaseNode`` itself defines none)."""
+    shutdown = getattr(node, "shutdown", None)
+    if callable(shutdown):
+        shutdown()

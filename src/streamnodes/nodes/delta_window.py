@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 from torchdata.nodes import BaseNode
 
+from streamnodes.episode_reader import EpisodeReader
 from streamnodes.errors import ConfigError
 from streamnodes.format.metadata import DatasetMeta
+from streamnodes.nodes._state import shutdown_source
 from streamnodes.types import Episode, Frame, Sample, VideoQuery
 from streamnodes.windows import delta_indices, window
 
@@ -23,8 +26,8 @@ class DeltaWindow(BaseNode[Sample]):
     ``meta/tasks.parquet``. Cameras are not decoded: each gets a :class:`VideoQuery` with in-file
     timestamps ``from_timestamp + timestamp[q]`` (the column, as LeRobot does; not ``q / fps``).
 
-    ``materialize(refs)`` rebuilds samples from ``(episode_index, frame_index)`` refs (FrameShuffle
-    uses it to restore its buffer), reading each distinct episode once.
+    ``rebuilder(reader)`` gives FrameShuffle its restore: samples rebuilt from
+    ``(episode_index, frame_index)`` refs, reading each distinct episode once.
 
     State: ``{"source": ...}``; the node is a pure function of its input.
     """
@@ -119,19 +122,13 @@ class DeltaWindow(BaseNode[Sample]):
             return rows, is_pad
         return cached[0], cached[1].copy()
 
-    def materialize(self, refs: Sequence[tuple[int, int]]) -> list[Sample]:
-        """Rebuild samples from ``(episode_index, frame_index)`` refs, reading each episode once."""
-        episodes: dict[int, Episode] = {}
-        out = []
-        for episode_index, position in refs:
-            episode = episodes.get(episode_index)
-            if episode is None:
-                episode = episodes[episode_index] = self.load_episode(int(episode_index))
-            out.append(self.sample(episode, int(position)))
-        return out
+    def rebuilder(self, reader: EpisodeReader) -> Callable[[Sequence[tuple[int, int]]], list[Sample]]:
+        """``rebuild(refs) -> samples`` for a shuffle buffer's restore: each distinct episode is read once
+        through ``reader`` (the consumer's EpisodeReader) and the windows are cut again with :meth:`sample`."""
+        return partial(reader.samples, cut=self.sample)
 
-    def load_episode(self, episode_index: int) -> Episode:
-        return self.source.load_episode(episode_index)  # type: ignore[attr-defined]
+    def shutdown(self) -> None:
+        shutdown_source(self.source)
 
     def get_state(self) -> dict[str, Any]:
         return {self.SOURCE_KEY: self.source.state_dict()}

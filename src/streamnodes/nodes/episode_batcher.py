@@ -7,18 +7,21 @@ from typing import Any
 
 from torchdata.nodes import BaseNode
 
-from streamnodes.errors import ConfigError, StreamNodesError
+from streamnodes.episode_reader import EpisodeReader
+from streamnodes.errors import StreamNodesError
 from streamnodes.format.metadata import DatasetMeta, EpisodeRef
-from streamnodes.format.reader import ParquetFileCache, read_episode_columns
+from streamnodes.nodes._state import shutdown_source
 from streamnodes.types import Episode
 
 
 class EpisodeBatcher(BaseNode[Episode]):
     """Reads each episode's rows (one row group of one data file, local or any fsspec URL).
 
-    ``columns`` defaults to every data feature (what LeRobot's reader returns). Each camera's
-    video location is the file's path or URL; the Prefetcher swaps in local copies for remote data.
-    ``load_episode(i)`` re-reads one episode by index: pools use it to restore their state.
+    ``reader`` is the consumer's :class:`~streamnodes.episode_reader.EpisodeReader` (give the same
+    one to the pool, which re-reads its episodes through it on restore); a ``DatasetMeta`` makes a
+    private reader of every data feature (``columns``, ``max_open_files`` as EpisodeReader's).
+    Each camera's video location is the file's path or URL; the Prefetcher swaps in local copies
+    for remote data.
 
     State: ``{"source": ...}`` (one episode out per ref in; nothing of its own).
     """
@@ -28,23 +31,18 @@ class EpisodeBatcher(BaseNode[Episode]):
     def __init__(
         self,
         source: BaseNode[EpisodeRef],
-        meta: DatasetMeta,
+        reader: EpisodeReader | DatasetMeta,
         *,
         columns: Sequence[str] | None = None,
         max_open_files: int = 4,
     ) -> None:
         super().__init__()
         self.source = source
-        self.meta = meta
-        if columns is None:
-            columns = meta.data_keys
-        unknown = [c for c in columns if c not in meta.data_keys]
-        if unknown:
-            raise ConfigError(f"EpisodeBatcher: columns {unknown} are not data features of {meta.root} ({list(meta.data_keys)}).")
-        # timestamp and task_index are needed downstream (video queries, task strings).
-        self.columns = tuple(dict.fromkeys([*columns, *(c for c in ("timestamp", "task_index") if c in meta.data_keys)]))
-        self._files = ParquetFileCache(meta, max_open=max_open_files)
-        self.episodes_read = 0
+        self.reader = (
+            reader if isinstance(reader, EpisodeReader) else EpisodeReader(reader, columns, max_open_files=max_open_files)
+        )
+        self.meta = self.reader.meta
+        self.columns = self.reader.columns
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
@@ -56,23 +54,23 @@ class EpisodeBatcher(BaseNode[Episode]):
     def read(self, ref: EpisodeRef) -> Episode:
         """The episode ``ref`` points to, read now."""
         try:
-            columns = read_episode_columns(self.meta, ref, self.columns, self._files)
+            return self.reader.read(ref)
         except StreamNodesError as error:
-            error.episode_index = ref.episode_index  # type: ignore[attr-defined]  # for EpisodeGuard
+            error.with_context(episode_index=ref.episode_index)  # EpisodeGuard skips by it
             raise
-        self.episodes_read += 1
-        videos = {seg.key: self.meta.url(seg.path) for seg in ref.videos}
-        return Episode(ref=ref, columns=columns, video_files=videos)
 
-    def load_episode(self, episode_index: int) -> Episode:
-        """Re-read one episode by index, outside the stream (state restore)."""
-        return self.read(self.meta.episode(episode_index))
+    @property
+    def episodes_read(self) -> int:
+        return self.reader.episodes_read
 
     def get_state(self) -> dict[str, Any]:
         return {self.SOURCE_KEY: self.source.state_dict()}
 
-    def close(self) -> None:
-        self._files.close()
+    def shutdown(self) -> None:
+        """Close the reader's open files, then shut the source down (torchdata's shutdown chain)."""
+        self.reader.shutdown()
+        shutdown_source(self.source)
 
     def __repr__(self) -> str:
         return f"EpisodeBatcher(columns={list(self.columns)}, episodes_read={self.episodes_read})"
+

@@ -9,15 +9,15 @@ import numpy as np
 from torchdata.nodes import BaseNode
 
 from streamnodes.errors import ConfigError, StateError
-from streamnodes.nodes._state import check_config, next_epoch, require_keys
+from streamnodes.nodes._state import check_config, next_epoch, require_keys, shutdown_source
 from streamnodes.rng import make_rng, rng_from_state, rng_state, weighted_choice
 from streamnodes.types import Episode, Frame
 
 
 class EpisodeLoader(Protocol):
-    """A node that can re-read one episode by index outside its stream (EpisodeBatcher, Prefetcher)."""
+    """Reads one episode by index outside the stream (an :class:`~streamnodes.episode_reader.EpisodeReader`)."""
 
-    def load_episode(self, episode_index: int) -> Episode: ...
+    def __call__(self, episode_index: int) -> Episode: ...
 
 
 def frame_order(length: int, *, seed: int, epoch: int, episode_index: int, shuffle: bool) -> np.ndarray:
@@ -53,8 +53,12 @@ class EpisodePool(BaseNode[Frame]):
 
     Give every consumer its own ``seed`` (the recipes use :func:`streamnodes.rng.derive_seed`).
 
+    ``reader`` re-reads an episode by index (the consumer's
+    :class:`~streamnodes.episode_reader.EpisodeReader`, the one its EpisodeBatcher reads through):
+    a restore re-reads the pooled episodes with it, O(pool).
+
     State: ``{"source", "epoch", "pool": [[episode_index, consumed], ...] in slot order, "rng",
-    "config"}``. Restore re-reads the pooled episodes through ``source.load_episode`` (O(pool)).
+    "config"}``.
     """
 
     SOURCE_KEY = "source"
@@ -67,6 +71,7 @@ class EpisodePool(BaseNode[Frame]):
         self,
         source: BaseNode[Episode],
         *,
+        reader: EpisodeLoader,
         pool_size: int = 64,
         seed: int = 0,
         shuffle: bool = True,
@@ -75,12 +80,13 @@ class EpisodePool(BaseNode[Frame]):
         super().__init__()
         if pool_size < 1:
             raise ConfigError(f"EpisodePool: pool_size must be >= 1, got {pool_size}.")
-        if not hasattr(source, "load_episode"):
+        if not callable(reader):
             raise ConfigError(
-                f"EpisodePool: its source {type(source).__name__} has no load_episode(episode_index); put the pool "
-                "right after an EpisodeBatcher or Prefetcher so it can restore its episodes from a state."
+                f"EpisodePool: reader must be callable as reader(episode_index) -> Episode (an EpisodeReader), got "
+                f"{type(reader).__name__}. Pass the EpisodeReader its EpisodeBatcher reads through."
             )
         self.source = source
+        self.reader = reader
         self.pool_size = int(pool_size)
         self.seed = int(seed)
         self.shuffle = bool(shuffle)
@@ -126,7 +132,7 @@ class EpisodePool(BaseNode[Frame]):
         self._rng = rng_from_state(initial_state[self.RNG_KEY])
         self._clear()
         for episode_index, consumed in initial_state[self.POOL_KEY]:
-            episode = self.source.load_episode(int(episode_index))  # type: ignore[attr-defined]
+            episode = self.reader(int(episode_index))
             if not 0 <= int(consumed) < episode.ref.length:
                 raise StateError(
                     f"EpisodePool: the state says episode {episode_index} has {consumed} frames consumed, but it "
@@ -163,10 +169,6 @@ class EpisodePool(BaseNode[Frame]):
             pending[i] -= 1
         return Frame(slot.episode, position)
 
-    def load_episode(self, episode_index: int) -> Episode:
-        """Forwarded to the source: lets nodes after the pool rebuild items by ref."""
-        return self.source.load_episode(episode_index)  # type: ignore[attr-defined]
-
     def get_state(self) -> dict[str, Any]:
         return {
             self.SOURCE_KEY: self.source.state_dict(),
@@ -175,6 +177,11 @@ class EpisodePool(BaseNode[Frame]):
             self.RNG_KEY: rng_state(self._rng),
             self.CONFIG_KEY: self._config(),
         }
+
+    def shutdown(self) -> None:
+        """Drop the resident episodes (releasing their video handles), then shut the source down."""
+        self._clear()
+        shutdown_source(self.source)
 
     @property
     def pending_frames(self) -> int:

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torchdata.nodes import BaseNode
 
 from streamnodes.errors import ConfigError, StateError
-from streamnodes.nodes._state import check_config, next_epoch, require_keys
+from streamnodes.nodes._state import check_config, next_epoch, require_keys, shutdown_source
 from streamnodes.rng import make_rng, rng_from_state, rng_state
 from streamnodes.types import Sample
+
+Rebuild = Callable[[Sequence[tuple[int, int]]], list[Sample]]
 
 
 class FrameShuffle(BaseNode[Sample]):
     """Keeps ``buffer_size`` samples and emits a uniformly random one, refilling from the source.
 
     Unlike a shuffle buffer that is lost on resume, the state lists the buffered samples by ref
-    ``[episode_index, frame_index]`` and restore rebuilds them with ``source.materialize(refs)``
-    (DeltaWindow provides it): O(buffer) episode reads, nothing replayed, nothing dropped.
+    ``[episode_index, frame_index]`` and restore rebuilds them with ``rebuild(refs)`` (given by whoever
+    builds the graph: ``DeltaWindow.rebuilder(reader)`` re-reads each episode once through the
+    consumer's EpisodeReader and cuts the windows again): O(buffer) episode reads, nothing replayed,
+    nothing dropped.
 
     State: ``{"source", "epoch", "buffer": [[episode_index, frame_index], ...], "rng", "config"}``.
     """
@@ -28,16 +33,25 @@ class FrameShuffle(BaseNode[Sample]):
     RNG_KEY = "rng"
     CONFIG_KEY = "config"
 
-    def __init__(self, source: BaseNode[Sample], *, buffer_size: int, seed: int = 0, epoch: int = 0) -> None:
+    def __init__(
+        self,
+        source: BaseNode[Sample],
+        *,
+        rebuild: Rebuild,
+        buffer_size: int,
+        seed: int = 0,
+        epoch: int = 0,
+    ) -> None:
         super().__init__()
         if buffer_size < 1:
             raise ConfigError(f"FrameShuffle: buffer_size must be >= 1, got {buffer_size}.")
-        if not hasattr(source, "materialize"):
+        if not callable(rebuild):
             raise ConfigError(
-                f"FrameShuffle: its source {type(source).__name__} has no materialize(refs); put FrameShuffle right "
-                "after DeltaWindow so it can rebuild its buffer from a state."
+                f"FrameShuffle: rebuild must be callable as rebuild(refs) -> samples, got {type(rebuild).__name__}. "
+                "Pass DeltaWindow.rebuilder(reader)."
             )
         self.source = source
+        self.rebuild = rebuild
         self.buffer_size = int(buffer_size)
         self.seed = int(seed)
         self.initial_epoch = int(epoch)
@@ -66,7 +80,7 @@ class FrameShuffle(BaseNode[Sample]):
         self.epoch = int(initial_state[self.EPOCH_KEY])
         self.source.reset(initial_state[self.SOURCE_KEY])
         self._rng = rng_from_state(initial_state[self.RNG_KEY])
-        self._buffer = self.source.materialize(refs)  # type: ignore[attr-defined]
+        self._buffer = self.rebuild(refs)
 
     def next(self) -> Sample:
         while len(self._buffer) < self.buffer_size and not self._source_done:
@@ -91,6 +105,11 @@ class FrameShuffle(BaseNode[Sample]):
             self.RNG_KEY: rng_state(self._rng),
             self.CONFIG_KEY: self._config(),
         }
+
+    def shutdown(self) -> None:
+        """Drop the buffered samples (releasing their video handles), then shut the source down."""
+        self._buffer = []
+        shutdown_source(self.source)
 
     def __repr__(self) -> str:
         return f"FrameShuffle(buffer_size={self.buffer_size}, buffered={len(self._buffer)}, seed={self.seed}, epoch={self.epoch})"

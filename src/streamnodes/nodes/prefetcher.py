@@ -11,14 +11,13 @@ still refers to it). For a local dataset the node is a pass-through: same object
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any
 
 from torchdata.nodes import BaseNode
 
 from streamnodes.format.metadata import DatasetMeta
-from streamnodes.nodes._state import require_keys
+from streamnodes.nodes._state import require_keys, shutdown_source
 from streamnodes.types import Episode
 from streamnodes.video_cache import GiB, VideoCache
 
@@ -27,7 +26,7 @@ class Prefetcher(BaseNode[Episode]):
     """Swaps remote video URLs for handles on local copies downloaded in the background.
 
     Args:
-        source: a node of :class:`~streamnodes.types.Episode` with ``load_episode(i)`` (EpisodeBatcher).
+        source: a node of :class:`~streamnodes.types.Episode` (EpisodeBatcher).
         meta: the dataset; the node acts only when ``meta.is_remote``.
         cache_dir: parent directory of the download cache (each Prefetcher makes its own subdirectory,
             removed on ``close()``); ``None``: the system temp dir.
@@ -41,7 +40,8 @@ class Prefetcher(BaseNode[Episode]):
             :class:`~streamnodes.errors.ConfigError` says to raise ``max_bytes`` or lower the pool size.
         chunk_bytes: bytes per read (one HTTP range request); retries resume at the last chunk.
 
-    State: ``{"source": ...}``; nothing of its own (restored pools re-acquire through ``load_episode``).
+    State: ``{"source": ...}``; nothing of its own (restored pools re-acquire through their reader,
+    which applies :meth:`wrap`).
     """
 
     SOURCE_KEY = "source"
@@ -101,13 +101,13 @@ class Prefetcher(BaseNode[Episode]):
         self.source.reset(initial_state[self.SOURCE_KEY])
 
     def next(self) -> Episode:
-        return self._wrap(next(self.source))
+        return self.wrap(next(self.source))
 
-    def load_episode(self, episode_index: int) -> Episode:
-        """The source's ``load_episode`` with its videos fetched again (pool and buffer restores)."""
-        return self._wrap(self.source.load_episode(episode_index))  # type: ignore[attr-defined]
+    def wrap(self, episode: Episode) -> Episode:
+        """``episode`` with its remote video URLs swapped for handles on local copies (downloads start now).
 
-    def _wrap(self, episode: Episode) -> Episode:
+        The graph factory gives it to the consumer's EpisodeReader (``reader.with_videos(prefetcher.wrap)``)
+        so that episodes re-read by a restore hold handles too."""
         if not self.remote or not episode.video_files:
             return episode
         cache = self._get_cache()
@@ -129,25 +129,20 @@ class Prefetcher(BaseNode[Episode]):
             out.update(self._cache.stats())
         return out
 
-    def close(self) -> None:
-        """Delete the local copies and stop the download threads (handles still alive stop working)."""
+    def shutdown(self) -> None:
+        """Delete the local copies and stop the download threads (handles still alive stop working),
+        then shut the source down (torchdata's shutdown chain)."""
         if self._cache is not None:
             self._cache.close()
-        close = getattr(self.source, "close", None)
-        if callable(close):
-            close()
+        shutdown_source(self.source)
+
+    close = shutdown  # the name the first releases used
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy in another process (a DataLoader worker) makes its own cache on its first episode.
         state = dict(self.__dict__)
         state["_cache"] = None
         return state
-
-    def __del__(self) -> None:
-        cache = getattr(self, "_cache", None)
-        if cache is not None:
-            with contextlib.suppress(Exception):
-                cache.close()
 
     def __repr__(self) -> str:
         if not self.remote:

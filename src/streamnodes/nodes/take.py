@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 from torchdata.nodes import BaseNode
 
 from streamnodes.errors import ConfigError
-from streamnodes.nodes._state import require_keys
+from streamnodes.nodes._state import require_keys, shutdown_source
 
 T = TypeVar("T")
 
@@ -51,11 +51,8 @@ class Take(BaseNode[T]):
     def get_state(self) -> dict[str, Any]:
         return {self.SOURCE_KEY: self.source.state_dict(), self.TAKEN_KEY: self._taken}
 
-    def __getattr__(self, name: str) -> Any:
-        # rebuild hooks (materialize/load_episode) pass through, so Take may sit anywhere in the chain
-        if name in ("materialize", "load_episode"):
-            return getattr(self.source, name)
-        raise AttributeError(name)
+    def shutdown(self) -> None:
+        shutdown_source(self.source)
 
     def __repr__(self) -> str:
         return f"Take(limit={self.limit}, taken={self._taken})"

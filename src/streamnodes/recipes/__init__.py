@@ -1,7 +1,8 @@
-"""Packaged wiring: the LeRobot node graph, the IterableDataset bridge, and build_loader()."""
+"""Packaged wiring: the stream config, the LeRobot node graph, the IterableDataset bridge, build_loader()."""
 
 from streamnodes.recipes.bridge import NodeIterableDataset
-from streamnodes.recipes.graph import GraphConfig, LeRobotGraph
+from streamnodes.recipes.config import StreamConfig
+from streamnodes.recipes.graph import BuiltGraph, GraphConfig, LeRobotGraph
 from streamnodes.recipes.loader import StreamLoader, build_loader
 
-__all__ = ["GraphConfig", "LeRobotGraph", "NodeIterableDataset", "StreamLoader", "build_loader"]
+__all__ = ["BuiltGraph", "GraphConfig", "LeRobotGraph", "NodeIterableDataset", "StreamConfig", "StreamLoader", "build_loader"]

@@ -16,15 +16,20 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch.utils.data import IterableDataset
-from torchdata.nodes import BaseNode
 
 from streamnodes.distributed import Consumer, rank_and_world_size, worker_and_count
 from streamnodes.errors import StateError
+from streamnodes.recipes.graph import BuiltGraph
+from streamnodes.recipes.state import STATE_VERSION, check_header, write_header
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
-GraphFactory = Callable[[Consumer, int], BaseNode]
+__all__ = ["STATE_VERSION", "NodeIterableDataset"]
+
+GraphFactory = Callable[[Consumer, int], BuiltGraph]
+CONSUMER_KEY = "consumer"
+GRAPH_KEY = "graph"
+SKIPPED_KEY = "skipped"
 
 
 class _GraphIterator(Iterator[Any]):
@@ -47,8 +52,9 @@ class NodeIterableDataset(IterableDataset):
     rank and world size are resolved when the dataset is made (in the main process, where
     accelerate/torch.distributed/env are visible), the worker when it iterates.
 
-    State (per worker): ``{"version", "epoch", "consumer": [rank, world, worker, workers],
-    "config": fingerprint, "graph": the graph's nested node states or None}``.
+    State (per worker): the header (:mod:`streamnodes.recipes.state`: ``"version", "epoch",
+    "consumer": [rank, world, worker, workers], "config": fingerprint``), ``"graph"``: the graph's
+    nested node states or None, and ``"skipped"``: this epoch's skipped episodes (``loader.stats()``).
     """
 
     def __init__(
@@ -66,7 +72,7 @@ class NodeIterableDataset(IterableDataset):
         self.epoch = int(epoch)
         self.config_fingerprint = config_fingerprint
         self._pending: dict[str, Any] | None = None
-        self._graph: BaseNode | None = None
+        self._graph: BuiltGraph | None = None
         self._consumer: Consumer | None = None
         self._epoch_is_set = True  # the next __iter__ starts self.epoch (not epoch + 1)
 
@@ -83,57 +89,48 @@ class NodeIterableDataset(IterableDataset):
         consumer = self.consumer()
         state, self._pending = self._pending, None
         if state is not None:
-            self._check(state, consumer)
+            check_header(
+                state, CONSUMER_KEY, _topology(consumer), self.config_fingerprint,
+                names="[rank, world_size, worker, num_workers]",
+                remedy="Restore each rank's own state file with the same world size and num_workers.",
+            )
             self.epoch = int(state["epoch"])
-            graph = self.factory(consumer, self.epoch)
-            graph.reset(state["graph"])
-        else:
-            if not self._epoch_is_set:  # a persistent worker's next epoch
-                self.epoch += 1
-            graph = self.factory(consumer, self.epoch)
-            graph.reset(None)
+        elif not self._epoch_is_set:  # a persistent worker's next epoch
+            self.epoch += 1
+        self.shutdown()  # the previous epoch's graph, if any: its decoders, downloads and files
+        graph = self.factory(consumer, self.epoch)
+        graph.output.reset(state[GRAPH_KEY] if state is not None else None)
         self._epoch_is_set = False
         self._graph, self._consumer = graph, consumer
-        return _GraphIterator(graph)
+        return _GraphIterator(graph.output)
+
+    def shutdown(self) -> None:
+        """Release the live graph's resources (decoders, downloads, open files); the next iter() builds anew."""
+        graph, self._graph = self._graph, None
+        if graph is not None:
+            graph.shutdown()
 
     def state_dict(self) -> dict[str, Any]:
         if self._pending is not None:
             return self._pending
         consumer = self._consumer or self.consumer()
+        graph = self._graph
         return {
-            "version": STATE_VERSION,
-            "epoch": self.epoch,
-            "consumer": [consumer.rank, consumer.world_size, consumer.worker_id, consumer.num_workers],
-            "config": self.config_fingerprint,
-            "graph": self._graph.state_dict() if self._graph is not None else None,
+            **write_header(self.epoch, CONSUMER_KEY, _topology(consumer), self.config_fingerprint),
+            GRAPH_KEY: graph.output.state_dict() if graph is not None else None,
+            SKIPPED_KEY: graph.skipped() if graph is not None else [],
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not isinstance(state_dict, dict) or "graph" not in state_dict or "epoch" not in state_dict:
+        if not isinstance(state_dict, dict) or GRAPH_KEY not in state_dict or "epoch" not in state_dict:
             raise StateError(
                 f"NodeIterableDataset: not a streamnodes dataset state (keys: {sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__})."
             )
         self._pending = state_dict
 
-    def _check(self, state: dict[str, Any], consumer: Consumer) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise StateError(
-                f"the loader state has version {state.get('version')!r}; this streamnodes writes version {STATE_VERSION}. "
-                "States do not carry over between these versions: start the data stream fresh."
-            )
-        saved = state.get("consumer")
-        now = [consumer.rank, consumer.world_size, consumer.worker_id, consumer.num_workers]
-        if saved != now:
-            raise StateError(
-                f"the loader state was saved by consumer [rank, world_size, worker, num_workers] = {saved}; it is "
-                f"being restored into {now}. Restore each rank's own state file with the same world size and "
-                "num_workers."
-            )
-        if state.get("config") != self.config_fingerprint:
-            raise StateError(
-                "the loader state was saved with another stream configuration (seed, pool size, shuffle buffer, "
-                "delta_timestamps, shuffle or episode subset differ). Build the loader with the saved settings to resume."
-            )
-
     def __repr__(self) -> str:
         return f"NodeIterableDataset(rank={self.rank}/{self.world_size}, epoch={self.epoch}, factory={self.factory!r})"
+
+
+def _topology(consumer: Consumer) -> list[int]:
+    return [consumer.rank, consumer.world_size, consumer.worker_id, consumer.num_workers]

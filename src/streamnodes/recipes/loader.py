@@ -12,14 +12,16 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from streamnodes.errors import ConfigError, StateError
 from streamnodes.format.metadata import DatasetMeta, open_dataset
-from streamnodes.recipes.bridge import STATE_VERSION, NodeIterableDataset
-from streamnodes.recipes.graph import GraphConfig, LeRobotGraph
-from streamnodes.windows import delta_indices
+from streamnodes.recipes.bridge import NodeIterableDataset
+from streamnodes.recipes.config import StreamConfig
+from streamnodes.recipes.graph import LeRobotGraph
+from streamnodes.recipes.state import check_header, dataset_states, write_header
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "streamnodes"
 LOADER_KEY = "loader"
+TOPOLOGY_KEY = "topology"
 
 
 class StreamLoader(StatefulDataLoader):
@@ -52,18 +54,11 @@ class StreamLoader(StatefulDataLoader):
     def state_dict(self) -> dict[str, Any]:
         inner = super().state_dict()
         finished = bool(self._iterator is not None and getattr(self._iterator, "_finished", False))
-        return {
-            STATE_KEY: {
-                "version": STATE_VERSION,
-                "epoch": self.epoch,
-                "epoch_finished": finished,
-                "rank": self.dataset.rank,
-                "world_size": self.dataset.world_size,
-                "num_workers": self.num_workers,
-                "config": self.dataset.config_fingerprint,
-            },
-            LOADER_KEY: inner,
-        }
+        header = write_header(self.epoch, TOPOLOGY_KEY, self._topology(), self.dataset.config_fingerprint)
+        return {STATE_KEY: {**header, "epoch_finished": finished}, LOADER_KEY: inner}
+
+    def _topology(self) -> list[int]:
+        return [self.dataset.rank, self.dataset.world_size, self.num_workers]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not isinstance(state_dict, Mapping) or STATE_KEY not in state_dict or LOADER_KEY not in state_dict:
@@ -72,25 +67,11 @@ class StreamLoader(StatefulDataLoader):
                 f"{[STATE_KEY, LOADER_KEY]}). Pass what loader.state_dict() returned."
             )
         meta = state_dict[STATE_KEY]
-        now = {"rank": self.dataset.rank, "world_size": self.dataset.world_size, "num_workers": self.num_workers}
-        if meta.get("version") != STATE_VERSION:
-            raise StateError(
-                f"the loader state has version {meta.get('version')!r}; this streamnodes writes version {STATE_VERSION}. "
-                "Start the data stream fresh."
-            )
-        diffs = {k: (meta.get(k), v) for k, v in now.items() if meta.get(k) != v}
-        if diffs:
-            described = ", ".join(f"{k} saved {a}, now {b}" for k, (a, b) in diffs.items())
-            raise StateError(
-                f"the loader state does not fit this loader ({described}). Each rank restores its own state file, "
-                "with the world size and num_workers it was saved with."
-            )
-        if meta.get("config") != self.dataset.config_fingerprint:
-            raise StateError(
-                "the loader state was saved with another stream configuration (seed, episode_pool_size, "
-                "frame_shuffle_size, delta_timestamps, shuffle or episode subset differ). Build the loader with the "
-                "saved settings to resume."
-            )
+        check_header(
+            meta, TOPOLOGY_KEY, self._topology(), self.dataset.config_fingerprint,
+            names="[rank, world_size, num_workers]",
+            remedy="Each rank restores its own state file, with the world size and num_workers it was saved with.",
+        )
         self._resume_epoch = int(meta["epoch"]) + (1 if meta.get("epoch_finished") else 0)
         self.epoch = self._resume_epoch  # what the next iter() yields from
         super().load_state_dict(state_dict[LOADER_KEY])
@@ -101,9 +82,21 @@ class StreamLoader(StatefulDataLoader):
         Read from the workers' states (the only channel StatefulDataLoader keeps from workers), so it
         is current as of the last batch and survives a resume.
         """
-        skipped: list[tuple[int, str]] = []
-        _collect(self.state_dict()[LOADER_KEY], "skipped", skipped)
+        skipped = [
+            (int(e), str(r)) for state in dataset_states(self.state_dict()[LOADER_KEY]) for e, r in state.get("skipped", [])
+        ]
         return {"epoch": self.epoch, "skipped_episodes": len(skipped), "skipped": sorted(skipped)}
+
+    def shutdown(self) -> None:
+        """Stop the workers and release the main process's graph (decoders, downloads, open files).
+
+        torchdata's shutdown chain: each node releases its own resources, then its source's. A loader
+        that is garbage-collected releases the same (workers exit; nodes hold no process-wide state).
+        """
+        iterator = self._iterator
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self.dataset.shutdown()
 
     def samples_per_epoch(self, epoch: int | None = None) -> int:
         """Samples this rank yields in ``epoch`` (default: the current one), from metadata alone."""
@@ -135,48 +128,29 @@ class StreamLoader(StatefulDataLoader):
         )
 
 
-def _collect(state: Any, key: str, out: list[tuple[int, str]]) -> None:
-    """Gather every ``key`` list (EpisodeGuard's ``skipped``) nested anywhere in a state."""
-    if isinstance(state, Mapping):
-        for k, v in state.items():
-            if k == key and isinstance(v, list):
-                out.extend((int(e), str(r)) for e, r in v)
-            else:
-                _collect(v, key, out)
-    elif isinstance(state, list):
-        for v in state:
-            _collect(v, key, out)
-
-
 def build_loader(
     source: str | DatasetMeta | Any,
+    config: StreamConfig | None = None,
     *,
-    batch_size: int | None = 32,
     num_workers: int = 0,
-    delta_timestamps: Mapping[str, Sequence[float]] | None = None,
-    tolerance_s: float = 1e-4,
-    episode_pool_size: int = 64,
-    frame_shuffle_size: int = 0,
-    shuffle: bool = True,
-    seed: int = 0,
     rank: int | None = None,
     world_size: int | None = None,
-    cache_dir: str | None = None,
-    image_dtype: torch.dtype = torch.float32,
-    drop_last: bool = False,
-    episodes: Sequence[int] | None = None,
     epoch: int = 0,
     persistent_workers: bool = False,
     multiprocessing_context: str | None = None,
     prefetch_factor: int | None = None,
     snapshot_every_n_steps: int = 1,
-    max_decoders: int = 16,
-    prefetch_max_bytes: int = 2 << 30,
     pin_memory: bool = False,
-    on_error: str = "raise",
     collate_fn: Callable[[list[dict[str, Any]]], Any] | None = None,
+    **settings: Any,
 ) -> StreamLoader:
     """A ``StatefulDataLoader`` of LeRobot frames from the dataset at ``source`` (path, URL or metadata).
+
+    The stream's settings are the fields of :class:`~streamnodes.recipes.config.StreamConfig`
+    (``batch_size``, ``delta_timestamps``, ``episode_pool_size``, ``seed``, ``image_dtype`` ...): pass a
+    ``config``, keyword arguments, or both (keywords replace the config's fields). They are validated
+    here, in the calling process, before any worker starts. The other arguments are the DataLoader's
+    and the topology's.
 
     Samples are dicts keyed as LeRobot's ``LeRobotDataset.__getitem__``: tensors, ``task`` a string,
     cameras ``[T, C, H, W]`` with deltas and ``[C, H, W]`` without, batched by the default collate
@@ -192,30 +166,11 @@ def build_loader(
     ``collate_fn`` replaces the DataLoader's ``default_collate`` (it runs in the workers; collation is
     a measurable share of the per-sample cost, see docs/benchmarks.md).
     """
-    if on_error not in ("raise", "skip"):
-        raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
-    meta = source if isinstance(source, DatasetMeta) else open_dataset(source, check_files=on_error == "raise")
-    if image_dtype not in (torch.float32, torch.uint8):
-        raise ConfigError(f"image_dtype must be torch.float32 or torch.uint8, got {image_dtype}.")
-    if episode_pool_size < 1:
-        raise ConfigError(f"episode_pool_size must be >= 1, got {episode_pool_size}.")
-    if frame_shuffle_size < 0:
-        raise ConfigError(f"frame_shuffle_size must be >= 0, got {frame_shuffle_size}.")
-    delta_indices(delta_timestamps, meta.fps, tolerance_s=tolerance_s, features=meta.features)  # fail here, not in a worker
-    config = GraphConfig(
-        delta_timestamps={k: [float(x) for x in v] for k, v in delta_timestamps.items()} if delta_timestamps else None,
-        tolerance_s=tolerance_s,
-        episode_pool_size=episode_pool_size,
-        frame_shuffle_size=frame_shuffle_size,
-        shuffle=shuffle,
-        seed=seed,
-        episodes=sorted(int(e) for e in episodes) if episodes is not None else None,
-        image_dtype="uint8" if image_dtype == torch.uint8 else "float32",
-        cache_dir=str(cache_dir) if cache_dir is not None else None,
-        prefetch_max_bytes=prefetch_max_bytes,
-        max_decoders=max_decoders,
-        on_error=on_error,
-    )
+    config = StreamConfig.from_settings(config, **settings)
+    if num_workers < 0:
+        raise ConfigError(f"num_workers must be >= 0, got {num_workers}.")
+    meta = source if isinstance(source, DatasetMeta) else open_dataset(source, check_files=config.on_error == "raise")
+    config.check(meta)  # fail here, not in a worker
     graph = LeRobotGraph(meta, config)
     dataset = NodeIterableDataset(graph, rank=rank, world_size=world_size, epoch=epoch, config_fingerprint=config.fingerprint())
     if dataset.world_size > 1:
@@ -233,9 +188,9 @@ def build_loader(
     return StreamLoader(
         dataset,
         graph=graph,
-        batch_size=batch_size,
+        batch_size=config.batch_size,
         num_workers=num_workers,
-        drop_last=drop_last,
+        drop_last=config.drop_last,
         snapshot_every_n_steps=snapshot_every_n_steps,
         pin_memory=pin_memory,
         collate_fn=collate_fn,
