@@ -6,9 +6,11 @@ import pickle
 
 import fsspec
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from streamnodes.format import DatasetMeta, open_dataset, read_episode_columns
+from streamnodes.format.metadata import EPISODES_PATH
 from tests.conftest import REF_ROOT
 
 
@@ -31,6 +33,27 @@ def test_episodes_table_matches_lerobot(meta: DatasetMeta, reference: dict) -> N
     assert {e.data_path for e in eps} == {"data/chunk-000/file-000.parquet"}
     paths = {e.video(key).path for e in eps}
     assert paths == set(reference[f"{key}__video_path"].tolist())
+
+
+def test_episodes_table_file_indices_match_lerobot(meta: DatasetMeta, reference: dict) -> None:
+    """Every chunk/file index of LeRobot's episodes table names the file streamnodes reads for it."""
+    key = "observation.images.cam"
+    data_t, video_t = meta.info["data_path"], meta.info["video_path"]
+    for i, ep in enumerate(meta.episodes):
+        data = data_t.format(chunk_index=int(reference["meta__data/chunk_index"][i]),
+                             file_index=int(reference["meta__data/file_index"][i]))
+        video = video_t.format(video_key=key, chunk_index=int(reference[f"meta__videos/{key}/chunk_index"][i]),
+                               file_index=int(reference[f"meta__videos/{key}/file_index"][i]))
+        assert (ep.data_path, ep.video(key).path) == (data, video), ep.episode_index
+        assert (REF_ROOT / data).is_file() and (REF_ROOT / video).is_file()
+    # the episodes-metadata file of each episode, by LeRobot's meta/episodes chunk/file indices, lists it
+    by_file: dict[str, set[int]] = {}
+    for i, ep in enumerate(meta.episodes):
+        rel = EPISODES_PATH.format(chunk_index=int(reference["meta__meta/episodes/chunk_index"][i]),
+                                   file_index=int(reference["meta__meta/episodes/file_index"][i]))
+        by_file.setdefault(rel, set()).add(ep.episode_index)
+    for rel, episodes in by_file.items():
+        assert set(pq.read_table(REF_ROOT / rel, columns=["episode_index"]).column(0).to_pylist()) == episodes
 
 
 def test_metadata_views(meta: DatasetMeta, reference: dict) -> None:
