@@ -35,6 +35,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,19 +49,6 @@ log = logging.getLogger("train")
 
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
-# Arguments that shape the data stream: a resume with other values is refused by the loader (or
-# would train on another stream), so they are compared with the checkpoint's and reported.
-STREAM_ARGS = (
-    "dataset",
-    "batch_size",
-    "num_workers",
-    "episode_pool_size",
-    "frame_shuffle_size",
-    "seed",
-    "chunk",
-    "image_dtype",
-    "drop_last",
-)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -224,16 +212,6 @@ def masked_mse(policy: Policy, prediction: torch.Tensor, batch: Mapping[str, Any
 # Helpers.
 
 
-def build_loader_fn() -> Any:
-    import streamnodes
-
-    if hasattr(streamnodes, "build_loader"):
-        return streamnodes.build_loader
-    from streamnodes.recipes import build_loader  # until the top-level re-export exists
-
-    return build_loader
-
-
 def endless(loader: Any) -> Iterator[Any]:
     """Batches across epochs: re-iterating the loader starts its next epoch."""
     empty = 0
@@ -293,86 +271,57 @@ def batch_size_of(batch: Mapping[str, Any]) -> int:
     return int(batch["index"].shape[0])
 
 
-def resolve_resume(args: argparse.Namespace, world_size: int) -> Path | None:
-    from streamnodes.recipes.checkpoint import latest_checkpoint
-
-    if not args.resume_from:
-        return None
-    if args.resume_from == "auto":
-        found = latest_checkpoint(args.output_dir, world_size)
-        if found is None:
-            log.info("--resume_from auto: no complete checkpoint in %s, starting fresh", args.output_dir)
-        return found
-    return Path(args.resume_from)
-
-
-def _same_dataset(a: Any, b: Any) -> bool:
-    local = isinstance(a, str) and isinstance(b, str) and "://" not in a + b
-    return a == b or (local and os.path.realpath(a) == os.path.realpath(b))
-
-
-def compare_stream_args(saved: Mapping[str, Any], args: argparse.Namespace) -> None:
-    diffs = {
-        k: (saved[k], getattr(args, k))
-        for k in STREAM_ARGS
-        if k in saved
-        and not (_same_dataset(saved[k], args.dataset) if k == "dataset" else saved[k] == getattr(args, k))
-    }
-    if diffs:
-        log.warning(
-            "resuming with other data settings than the checkpoint was saved with: %s",
-            ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diffs.items()),
-        )
-
-
 # ---------------------------------------------------------------------------------------------------
-# Training.
+# Set-up: processes, data, model.
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+@dataclass
+class Session:
+    """This process's place in the run: the Accelerator and what it says about ranks."""
 
-    # The Accelerator first: build_loader discovers rank and world size from it.
+    accelerator: Any
+    rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def start_session(args: argparse.Namespace) -> Session:
+    """The Accelerator first (build_loader discovers rank and world size from it), then logging and threads.
+
+    ``streamnodes.distributed.rank_and_world_size`` checks accelerate's view against the launcher's
+    ``RANK``/``WORLD_SIZE``: if they disagree, every process would read the same data.
+    """
     from accelerate import Accelerator
+
+    from streamnodes.distributed import rank_and_world_size
 
     # On a machine without CUDA, accelerate only forms a multi-process group when told to use the CPU
     # (otherwise every process believes it is rank 0 of 1 and they all read the same data).
     launched_world = int(os.environ.get("WORLD_SIZE", "1"))
     use_cpu = args.cpu or (launched_world > 1 and not torch.cuda.is_available())
     accelerator = Accelerator(cpu=use_cpu)
-    rank, world_size = accelerator.process_index, accelerator.num_processes
-    if "WORLD_SIZE" in os.environ and world_size != launched_world:
-        raise SystemExit(
-            f"the launcher started {launched_world} processes (WORLD_SIZE) but accelerate sees {world_size}: "
-            "every process would read the same data. Launch with `accelerate launch --multi_gpu "
-            "--num_processes N` or `torchrun --nproc_per_node N` (and --cpu on a machine without GPUs)."
-        )
-    is_main = accelerator.is_main_process
+    rank, world_size = rank_and_world_size()
     setup_logging(rank, args.debug)
     threads = args.threads or (training_threads(args.num_workers) if accelerator.device.type == "cpu" else 0)
     if threads:
         # torch's default (one thread per core) fights the decoding workers for the cores: measured 5x
         # slower training steps on 2 cores with 2 workers and a busy machine.
         torch.set_num_threads(threads)
+    return Session(accelerator, rank, world_size)
 
+
+def open_stream(args: argparse.Namespace, session: Session) -> tuple[Any, Any]:
+    """The dataset's metadata and this rank's loader (NOT passed to accelerator.prepare: see module doc)."""
     import streamnodes
-    from streamnodes.recipes.checkpoint import (
-        load_checkpoint,
-        prune_checkpoints,
-        save_checkpoint,
-        withdraw_after,
-    )
 
     meta = streamnodes.open_dataset(args.dataset)
-    cameras = list(meta.video_keys)
     if ACTION_KEY not in meta.features:
         raise SystemExit(f"{args.dataset} has no {ACTION_KEY!r} feature: nothing to train on")
-    action_dim = int(math.prod(meta.features[ACTION_KEY].shape))
-    state_dim = int(math.prod(meta.features[STATE_KEY].shape)) if STATE_KEY in meta.features else 0
     log.info("dataset %r", meta)
-
-    # The loader: this rank's part of the stream. NOT passed to accelerator.prepare (see module doc).
-    loader = build_loader_fn()(
+    loader = streamnodes.build_loader(
         meta,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
@@ -384,173 +333,304 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         image_dtype=torch.uint8 if args.image_dtype == "uint8" else torch.float32,
         drop_last=args.drop_last,
     )
-
-    batches_per_epoch = loader.batches_per_epoch() if hasattr(loader, "batches_per_epoch") else "?"
     log.info(
         "rank %d/%d: %d worker(s), %d torch thread(s), batch size %d, about %s batches per epoch, cameras %s%s",
-        rank, world_size, args.num_workers, torch.get_num_threads(), args.batch_size, batches_per_epoch, cameras,
-        " [dummy: data loading only]" if args.dummy else "",
+        session.rank, session.world_size, args.num_workers, torch.get_num_threads(), args.batch_size,
+        loader.batches_per_epoch(), list(meta.video_keys), " [dummy: data loading only]" if args.dummy else "",
     )  # fmt: skip
+    return meta, loader
 
-    model: Policy | None = None
-    optimizer: torch.optim.Optimizer | None = None
-    if not args.dummy:
-        torch.manual_seed(args.seed)  # the same initial weights on every rank
-        model = Policy(cameras, state_dim, action_dim, args.chunk, stats=meta.stats)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
 
-    step, samples_before = 0, 0
-    resume = resolve_resume(args, world_size)
-    if resume is not None:
-        checkpoint = load_checkpoint(resume, rank, world_size=world_size)
-        step = checkpoint["step"]
+def build_policy(args: argparse.Namespace, meta: Any) -> tuple[Policy | None, torch.optim.Optimizer | None]:
+    """The policy and its optimizer, the same initial weights on every rank; ``(None, None)`` for --dummy."""
+    if args.dummy:
+        return None, None
+    features = meta.features
+    action_dim = int(math.prod(features[ACTION_KEY].shape))
+    state_dim = int(math.prod(features[STATE_KEY].shape)) if STATE_KEY in features else 0
+    torch.manual_seed(args.seed)
+    model = Policy(list(meta.video_keys), state_dim, action_dim, args.chunk, stats=meta.stats)
+    return model, torch.optim.AdamW(model.parameters(), lr=args.lr)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+@dataclass
+class Resumed:
+    """Where a run starts: step 0, or a checkpoint's step, samples and optimizer state."""
+
+    step: int = 0
+    samples: int = 0  # samples this rank consumed before the checkpoint
+    path: Path | None = None
+    optimizer_state: Mapping[str, Any] | None = None
+
+
+class Checkpointer:
+    """Saves and restores this rank's checkpoints under ``--output_dir`` (``streamnodes.recipes.checkpoint``).
+
+    The loader checks a restored state itself (topology, stream configuration, version) and raises a
+    ``StateError`` that says what differs; nothing is checked twice here.
+    """
+
+    def __init__(self, args: argparse.Namespace, session: Session) -> None:
+        self.args = args
+        self.session = session
+        self.output_dir = Path(args.output_dir)
+        self.last_saved = -1
+
+    def due(self, step: int) -> bool:
+        return bool(self.args.save_every) and step % self.args.save_every == 0
+
+    def resume_path(self) -> Path | None:
+        """The checkpoint ``--resume_from`` names: a directory, the newest complete one (auto), or none."""
+        from streamnodes.recipes.checkpoint import latest_checkpoint
+
+        if not self.args.resume_from:
+            return None
+        if self.args.resume_from == "auto":
+            found = latest_checkpoint(self.output_dir, self.session.world_size)
+            if found is None:
+                log.info("--resume_from auto: no complete checkpoint in %s, starting fresh", self.output_dir)
+            return found
+        return Path(self.args.resume_from)
+
+    def restore(self, loader: Any, model: Policy | None) -> Resumed:
+        """Restore the loader, the model and the torch RNG from the checkpoint to resume from, if any."""
+        from streamnodes.recipes.checkpoint import load_checkpoint
+
+        path = self.resume_path()
+        if path is None:
+            return Resumed()
+        checkpoint = load_checkpoint(path, self.session.rank, world_size=self.session.world_size)
         extra = checkpoint["extra"]
-        samples_before = int(extra.get("samples", 0))
-        compare_stream_args(extra.get("args", {}), args)
         loader.load_state_dict(checkpoint["loader"])
-        if model is not None and optimizer is not None:
+        if model is not None:
             if checkpoint["model"] is None:
-                raise SystemExit(f"{resume} holds no model (a --dummy checkpoint?): cannot resume training from it")
+                raise SystemExit(f"{path} holds no model (a --dummy checkpoint?): cannot resume training from it")
             model.load_state_dict(checkpoint["model"])  # the optimizer's state after prepare (device)
         if "torch_rng" in extra:
             torch.set_rng_state(extra["torch_rng"])
-        log.info("resumed from %s at step %d (loader epoch %s)", resume, step, extra.get("epoch"))
-    # checkpoints saved after the resume point belong to a rolled-back future: withdraw this rank's
-    # markers from them, and let no rank save before every rank has done so
-    for stale in withdraw_after(args.output_dir, step, rank):
-        log.info("rank %d withdrew its marker from %s (after the resume point)", rank, stale)
-    accelerator.wait_for_everyone()
+        log.info("resumed from %s at step %d (loader epoch %s)", path, checkpoint["step"], extra.get("epoch"))
+        self.last_saved = checkpoint["step"]
+        return Resumed(checkpoint["step"], int(extra.get("samples", 0)), path, checkpoint["optimizer"])
 
-    policy = model
-    if model is not None:
-        model, optimizer = accelerator.prepare(model, optimizer)  # the loader stays out (see module doc)
-        if resume is not None:
-            optimizer.load_state_dict(checkpoint["optimizer"])  # AcceleratedOptimizer moves it to the device
+    def withdraw_after(self, step: int) -> None:
+        """Checkpoints saved after the resume point belong to a rolled-back future: withdraw this rank's
+        markers from them, and let no rank save before every rank has done so."""
+        from streamnodes.recipes.checkpoint import withdraw_after
 
+        for stale in withdraw_after(self.output_dir, step, self.session.rank):
+            log.info("rank %d withdrew its marker from %s (after the resume point)", self.session.rank, stale)
+        self.session.accelerator.wait_for_everyone()
+
+    def save(self, step: int, loader: Any, model: Any, optimizer: Any, samples: int, announce: Any) -> None:
+        """This rank's part of checkpoint ``step``; rank 0 adds model and optimizer and prunes old ones."""
+        from streamnodes.recipes.checkpoint import prune_checkpoints, save_checkpoint
+
+        session = self.session
+        unwrapped = session.accelerator.unwrap_model(model) if model is not None else None
+        path = save_checkpoint(
+            self.output_dir,
+            step,
+            model_state=unwrapped.state_dict() if unwrapped is not None and session.is_main else None,
+            optimizer_state=optimizer.state_dict() if optimizer is not None and session.is_main else None,
+            loader_state=loader.state_dict(),
+            rank=session.rank,
+            world_size=session.world_size,
+            extra={
+                "samples": samples,
+                "epoch": int(loader.epoch),
+                "args": json_safe_args(self.args),
+                "torch_rng": torch.get_rng_state(),
+            },
+        )
+        self.last_saved = step
+        log.debug("rank %d saved %s", session.rank, path)
+        if session.is_main:
+            announce(f"checkpoint {path}")
+            for old in prune_checkpoints(self.output_dir, self.args.keep_last):
+                log.info("removed old checkpoint %s", old)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop.
+
+
+@dataclass
+class Progress:
+    """What this rank did in this run."""
+
+    step: int
+    samples: int = 0
+    loss: float = float("nan")
+    first_batch_s: float | None = None
+    wall_s: float = 0.0
+
+
+def train(
+    args: argparse.Namespace,
+    session: Session,
+    loader: Any,
+    model: Any,
+    optimizer: Any,
+    policy: Policy | None,
+    checkpointer: Checkpointer,
+    resumed: Resumed,
+) -> Progress:
+    """Step until ``--steps``: a batch, a training step (unless --dummy), the index log, checkpoints."""
     from tqdm.auto import tqdm
 
     bar = tqdm(
         total=args.steps,
-        initial=step,
+        initial=resumed.step,
         unit="step",
         desc="dummy" if args.dummy else "train",
-        disable=not is_main,
+        disable=not session.is_main,
         mininterval=1.0,
         dynamic_ncols=True,
     )
-    index_log = IndexLog(args.log_indices, rank)
-    output_dir = Path(args.output_dir)
-    start_step, samples, loss_value = step, 0, float("nan")
-    last_saved = step if resume is not None else -1
-    first_batch_s: float | None = None
-    t0 = time.perf_counter()
+    index_log = IndexLog(args.log_indices, session.rank)
+    progress = Progress(step=resumed.step)
 
-    def save(at_step: int) -> None:
-        nonlocal last_saved
-        unwrapped = accelerator.unwrap_model(model) if model is not None else None
-        path = save_checkpoint(
-            output_dir,
-            at_step,
-            model_state=unwrapped.state_dict() if unwrapped is not None and is_main else None,
-            optimizer_state=optimizer.state_dict() if optimizer is not None and is_main else None,
-            loader_state=loader.state_dict(),
-            rank=rank,
-            world_size=world_size,
-            extra={
-                "samples": samples_before + samples,
-                "epoch": int(loader.epoch),
-                "args": json_safe_args(args),
-                "torch_rng": torch.get_rng_state(),
-            },
-        )
-        last_saved = at_step
-        log.debug("rank %d saved %s", rank, path)
-        if is_main:
-            bar.write(f"checkpoint {path}")
-            for old in prune_checkpoints(output_dir, args.keep_last):
-                log.info("removed old checkpoint %s", old)
+    def save() -> None:
+        samples = resumed.samples + progress.samples
+        checkpointer.save(progress.step, loader, model, optimizer, samples, bar.write)
 
     batches = endless(loader)
+    t0 = time.perf_counter()
     try:
-        while step < args.steps:
+        while progress.step < args.steps:
             batch = next(batches)
-            if first_batch_s is None:
-                first_batch_s = time.perf_counter() - t0
-            if model is not None and optimizer is not None:
-                inputs = to_device(batch, accelerator.device)  # the loader is not prepared: move it here
-                # through the (possibly DDP-wrapped) model's forward, so gradients are all-reduced
-                loss = masked_mse(policy, model(inputs), inputs)
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                loss_value = float(loss.detach())
-            step += 1
-            samples += batch_size_of(batch)
-            index_log.write(step, batch["index"])
-            if args.save_every and step % args.save_every == 0:
-                save(step)
-            elapsed = time.perf_counter() - t0
-            rate = samples * world_size / elapsed  # all ranks, assuming equal batches (exact total at the end)
+            if progress.first_batch_s is None:
+                progress.first_batch_s = time.perf_counter() - t0
+            if policy is not None:
+                progress.loss = training_step(session.accelerator, model, optimizer, policy, batch)
+            progress.step += 1
+            progress.samples += batch_size_of(batch)
+            index_log.write(progress.step, batch["index"])
+            if checkpointer.due(progress.step):
+                save()
+            rate = progress.samples * session.world_size / (time.perf_counter() - t0)  # assumes equal batches
             bar.update(1)
             bar.set_postfix({"frames/s": f"{rate:.0f}", "epoch": int(loader.epoch)} | (
-                {} if args.dummy else {"loss": f"{loss_value:.4f}"}
+                {} if args.dummy else {"loss": f"{progress.loss:.4f}"}
             ), refresh=False)
-            if args.log_every and step % args.log_every == 0 and is_main:
-                bar.write(f"step {step} epoch {loader.epoch} loss {loss_value:.5f} frames/s {rate:.0f}")
-        if args.save_every and step != last_saved:
-            save(step)  # the final state, so a later --resume_from auto continues from here
+            if args.log_every and progress.step % args.log_every == 0 and session.is_main:
+                bar.write(f"step {progress.step} epoch {loader.epoch} loss {progress.loss:.5f} frames/s {rate:.0f}")
+        if args.save_every and progress.step != checkpointer.last_saved:
+            save()  # the final state, so a later --resume_from auto continues from here
     finally:
         bar.close()
         index_log.close()
-    wall = time.perf_counter() - t0
+    progress.wall_s = time.perf_counter() - t0
+    return progress
 
-    # Exact totals over ranks (one collective at the end; ranks' last batches may differ in size).
-    total_samples = samples
-    if world_size > 1:
-        total_samples = int(accelerator.reduce(torch.tensor([samples], device=accelerator.device), reduction="sum").item())
-    rate = total_samples / wall if wall > 0 else float("nan")
-    summary = {
-        "steps": step,
-        "steps_this_run": step - start_step,
-        "resumed_from": str(resume) if resume is not None else None,
+
+def training_step(accelerator: Any, model: Any, optimizer: Any, policy: Policy, batch: Mapping[str, Any]) -> float:
+    """One optimizer step on ``batch``; returns the loss."""
+    inputs = to_device(batch, accelerator.device)  # the loader is not prepared: move the batch here
+    # through the (possibly DDP-wrapped) model's forward, so gradients are all-reduced
+    loss = masked_mse(policy, model(inputs), inputs)
+    accelerator.backward(loss)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+# ---------------------------------------------------------------------------------------------------
+# The end: totals over ranks, summary.json, one line.
+
+
+def summarize(
+    args: argparse.Namespace, session: Session, loader: Any, resumed: Resumed, progress: Progress
+) -> dict[str, Any]:
+    """The run's summary; sample counts are exact totals over ranks (one collective)."""
+    accelerator, world_size = session.accelerator, session.world_size
+    total_samples = progress.samples
+    if world_size > 1:  # ranks' last batches may differ in size
+        counted = accelerator.reduce(torch.tensor([progress.samples], device=accelerator.device), reduction="sum")
+        total_samples = int(counted.item())
+    wall, first = progress.wall_s, progress.first_batch_s
+    steps_this_run = progress.step - resumed.step
+    return {
+        "steps": progress.step,
+        "steps_this_run": steps_this_run,
+        "resumed_from": str(resumed.path) if resumed.path is not None else None,
         "samples_this_run": total_samples,
-        "samples_total": total_samples + samples_before * world_size,
+        "samples_total": total_samples + resumed.samples * world_size,
         "world_size": world_size,
         "num_workers": args.num_workers,
         "batch_size": args.batch_size,
         "epoch": int(loader.epoch),
         "wall_s": round(wall, 3),
-        "first_batch_s": round(first_batch_s, 3) if first_batch_s is not None else None,
-        "frames_per_s": round(rate, 1),
+        "first_batch_s": round(first, 3) if first is not None else None,
+        "frames_per_s": round(total_samples / wall if wall > 0 else float("nan"), 1),
         "frames_per_s_after_first_batch": (
-            round((total_samples - args.batch_size * world_size) / (wall - first_batch_s), 1)
-            if first_batch_s is not None and wall > first_batch_s and step - start_step > 1
+            round((total_samples - args.batch_size * world_size) / (wall - first), 1)
+            if first is not None and wall > first and steps_this_run > 1
             else None
         ),
-        "final_loss": None if args.dummy else loss_value,
+        "final_loss": None if args.dummy else progress.loss,
         "dummy": args.dummy,
     }
-    if is_main:
-        from streamnodes.recipes.checkpoint import atomic_write_text
 
-        atomic_write_text(json.dumps(summary, indent=2) + "\n", output_dir / "summary.json")
-        print(
-            f"{'dummy' if args.dummy else 'train'} done: steps {start_step}->{step}, "
-            f"{total_samples} samples on {world_size} rank(s) x {args.num_workers} worker(s), "
-            f"{wall:.1f} s wall, {rate:.0f} frames/s"
-            + (f" ({summary['frames_per_s_after_first_batch']:.0f} after the first batch at {first_batch_s:.1f} s)"
-               if summary["frames_per_s_after_first_batch"] else "")
-            + ("" if args.dummy else f", final loss {loss_value:.4f}"),
-            flush=True,
-        )
-    accelerator.end_training()
+
+def report(
+    args: argparse.Namespace, session: Session, progress: Progress, summary: Mapping[str, Any]
+) -> None:
+    """Rank 0 writes ``output_dir/summary.json`` and prints the one-line summary."""
+    from streamnodes.recipes.checkpoint import atomic_write_text
+
+    if not session.is_main:
+        return
+    atomic_write_text(json.dumps(summary, indent=2) + "\n", Path(args.output_dir) / "summary.json")
+    wall, samples = progress.wall_s, summary["samples_this_run"]
+    rate = samples / wall if wall > 0 else float("nan")
+    steady = summary["frames_per_s_after_first_batch"]
+    print(
+        f"{'dummy' if args.dummy else 'train'} done: steps {summary['steps'] - summary['steps_this_run']}->"
+        f"{summary['steps']}, "
+        f"{samples} samples on {session.world_size} rank(s) x {args.num_workers} worker(s), "
+        f"{wall:.1f} s wall, {rate:.0f} frames/s"
+        + (f" ({steady:.0f} after the first batch at {summary['first_batch_s']:.1f} s)" if steady else "")
+        + ("" if args.dummy else f", final loss {summary['final_loss']:.4f}"),
+        flush=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# main: parse -> set up -> checkpointer -> loop -> summary.
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    session = start_session(args)
+    meta, loader = open_stream(args, session)
+    policy, optimizer = build_policy(args, meta)
+
+    checkpointer = Checkpointer(args, session)
+    resumed = checkpointer.restore(loader, policy)
+    checkpointer.withdraw_after(resumed.step)
+
+    model = policy
+    if policy is not None:
+        model, optimizer = session.accelerator.prepare(policy, optimizer)  # the loader stays out (module doc)
+        if resumed.optimizer_state is not None:
+            optimizer.load_state_dict(resumed.optimizer_state)  # AcceleratedOptimizer moves it to the device
+
+    progress = train(args, session, loader, model, optimizer, policy, checkpointer, resumed)
+    summary = summarize(args, session, loader, resumed, progress)
+    report(args, session, progress, summary)
+    session.accelerator.end_training()
     return summary
 
 
 if __name__ == "__main__":
-    from streamnodes.errors import StateError
+    from streamnodes.errors import StreamNodesError
 
     try:
         main()
-    except StateError as error:  # a checkpoint that does not fit: say why, without a traceback
+    except StreamNodesError as error:  # a checkpoint or launch that does not fit: say why, without a traceback
         sys.exit(f"error: {error}")
