@@ -1,5 +1,6 @@
 """The nodes, one per file. Each is a ``torchdata.nodes.BaseNode`` with refs-and-counters state."""
 
+from streamnodes.nodes.batch_decode import BatchDecode
 from streamnodes.nodes.delta_window import DeltaWindow
 from streamnodes.nodes.episode_batcher import EpisodeBatcher
 from streamnodes.nodes.episode_guard import EpisodeGuard
@@ -10,4 +11,4 @@ from streamnodes.nodes.shard_source import ShardSource
 from streamnodes.nodes.take import Take
 from streamnodes.nodes.video_decode import VideoDecode
 
-__all__ = ["DeltaWindow", "EpisodeBatcher", "EpisodeGuard", "EpisodePool", "FrameShuffle", "Prefetcher", "ShardSource", "Take", "VideoDecode"]
+__all__ = ["BatchDecode", "DeltaWindow", "EpisodeBatcher", "EpisodeGuard", "EpisodePool", "FrameShuffle", "Prefetcher", "ShardSource", "Take", "VideoDecode"]
