@@ -191,3 +191,99 @@ def test_reader_unknown_column(ref_copy: Path) -> None:
 def test_all_errors_share_the_base_class() -> None:
     assert issubclass(DatasetConsistencyError, DatasetFormatError)
     assert issubclass(DatasetFormatError, StreamNodesError)
+
+
+# ---- metadata error paths: each names the file (or argument) and what to do ------------------------
+
+CAM = "observation.images.cam"
+EPISODES_RE = r"meta/episodes/chunk-000/file-000\.parquet"
+
+
+def test_duplicate_episode_indices(ref_copy: Path) -> None:
+    _edit_episodes(ref_copy, "episode_index", [0, 1, 2, 3, 3, 5])
+    with pytest.raises(DatasetConsistencyError, match=rf"{EPISODES_RE}: episode indices \[3\] appear more than once"
+                       r".* Re-write the metadata so each episode is listed once"):
+        open_dataset(ref_copy)
+
+
+def test_episode_lists_an_unknown_task(ref_copy: Path) -> None:
+    tasks = pq.read_table(ref_copy / EPISODES).column("tasks").to_pylist()
+    tasks[2] = ["juggle"]
+    _edit_episodes(ref_copy, "tasks", tasks)
+    with pytest.raises(DatasetConsistencyError, match=rf"{EPISODES_RE}: episode 2 lists tasks \['juggle'\] that are not "
+                       r"in meta/tasks.parquet. Add them to meta/tasks.parquet or fix the episode's tasks"):
+        open_dataset(ref_copy)
+
+
+@pytest.mark.parametrize(("column", "value", "shown"), [
+    ("to_timestamp", 1.5, "from_timestamp=2.0, to_timestamp=1.5"),  # ends before it starts
+    ("from_timestamp", -0.5, "from_timestamp=-0.5, to_timestamp=5.5"),  # negative
+])
+def test_bad_video_timestamps(ref_copy: Path, column: str, value: float, shown: str) -> None:
+    name = f"videos/{CAM}/{column}"
+    values = pq.read_table(ref_copy / EPISODES).column(name).to_pylist()
+    values[1] = value
+    _edit_episodes(ref_copy, name, values)
+    with pytest.raises(DatasetConsistencyError, match=rf"{EPISODES_RE}: episode 1 camera '{CAM}' has {shown}; "
+                       r"expected 0 <= from < to. Re-write the episodes table"):
+        open_dataset(ref_copy)
+
+
+def test_missing_video_path_template(ref_copy: Path) -> None:
+    _edit_info(ref_copy, video_path=None)
+    with pytest.raises(DatasetFormatError, match=r"meta/info.json: the dataset has video features but no 'video_path' "
+                       r"template. Add it"):
+        open_dataset(ref_copy)
+
+
+@pytest.mark.parametrize("drop", ["dtype", "shape"])
+def test_feature_without_dtype_or_shape(ref_copy: Path, drop: str) -> None:
+    info = json.loads((ref_copy / "meta/info.json").read_text())
+    del info["features"]["action"][drop]
+    (ref_copy / "meta/info.json").write_text(json.dumps(info))
+    with pytest.raises(DatasetFormatError, match=r"meta/info.json: feature 'action' needs 'dtype' and 'shape'.*"
+                       r"Give every feature in info.json its dtype and shape"):
+        open_dataset(ref_copy)
+
+
+def test_task_index_out_of_range(ref_copy: Path) -> None:
+    path = ref_copy / "meta/tasks.parquet"
+    table = pq.read_table(path)
+    table = table.set_column(table.column_names.index("task_index"), "task_index", pa.array([0, 1, 5], pa.int64()))
+    pq.write_table(table, path)
+    with pytest.raises(DatasetFormatError, match=r"meta/tasks.parquet: task_index values must be 0..2, got \[0, 1, 5\]. "
+                       r"Re-write meta/tasks.parquet"):
+        open_dataset(ref_copy)
+
+
+def test_empty_episodes_file(ref_copy: Path) -> None:
+    table = pq.read_table(ref_copy / EPISODES)
+    pq.write_table(table.slice(0, 0), ref_copy / EPISODES)
+    with pytest.raises(DatasetFormatError, match=rf"{EPISODES_RE}: episodes file with no rows; remove it or re-write the metadata"):
+        open_dataset(ref_copy)
+
+
+def test_episodes_files_with_incompatible_schemas(ref_copy: Path) -> None:
+    # split the table over two files, the second with 'length' written as text
+    table = pq.read_table(ref_copy / EPISODES)
+    second = table.slice(3)
+    second = second.set_column(second.column_names.index("length"), "length", pa.array([str(v) for v in second.column("length").to_pylist()]))
+    pq.write_table(table.slice(0, 3), ref_copy / EPISODES)
+    pq.write_table(second, ref_copy / "meta/episodes/chunk-000/file-001.parquet")
+    with pytest.raises(DatasetFormatError, match=r"chunk-000/file-000.parquet', '.*chunk-000/file-001.parquet'\] have "
+                       r"incompatible schemas.*length.*Re-write the episodes metadata so every file has one schema"):
+        open_dataset(ref_copy)
+
+
+def test_episodes_table_missing_columns(ref_copy: Path) -> None:
+    table = pq.read_table(ref_copy / EPISODES)
+    pq.write_table(table.drop_columns(["data/file_index", f"videos/{CAM}/to_timestamp"]), ref_copy / EPISODES)
+    with pytest.raises(DatasetFormatError, match=rf"{EPISODES_RE}: episodes table lacks columns \['data/file_index', "
+                       rf"'videos/{CAM}/to_timestamp'\]; re-write the metadata"):
+        open_dataset(ref_copy)
+
+
+def test_stats_not_json(ref_copy: Path) -> None:
+    (ref_copy / "meta/stats.json").write_text('{"observation.state": ')
+    with pytest.raises(DatasetFormatError, match=r"meta/stats.json: not valid JSON .* Re-compute it or delete it"):
+        open_dataset(ref_copy)

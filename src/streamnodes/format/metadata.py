@@ -290,7 +290,8 @@ def _read_info(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
             "re-write the metadata with LeRobot's writer or streamnodes.testing.write_dataset."
         )
     if any(ft.get("dtype") == "video" for ft in info["features"].values()) and "video_path" not in info:
-        raise DatasetFormatError(f"{path}: the dataset has video features but no 'video_path' template.")
+        raise DatasetFormatError(f"{path}: the dataset has video features but no 'video_path' template. Add it, e.g. LeRobot v3.0's "
+            "\"videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4\".")
     return info
 
 
@@ -298,7 +299,7 @@ def _parse_features(info: Mapping[str, Any], path: str) -> dict[str, Feature]:
     features = {}
     for name, spec in info["features"].items():
         if not isinstance(spec, Mapping) or "dtype" not in spec or "shape" not in spec:
-            raise DatasetFormatError(f"{path}: feature {name!r} needs 'dtype' and 'shape', got {spec!r}.")
+            raise DatasetFormatError(f"{path}: feature {name!r} needs 'dtype' and 'shape', got {spec!r}. Give every feature in info.json its dtype and shape.")
         features[name] = Feature(name, str(spec["dtype"]), tuple(int(s) for s in spec["shape"]), spec.get("names"))
     return features
 
@@ -317,7 +318,7 @@ def _read_tasks(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, ...]:
     index = table.column("task_index").to_pylist()
     text = table.column(text_col).to_pylist()
     if sorted(index) != list(range(len(index))):
-        raise DatasetFormatError(f"{path}: task_index values must be 0..{len(index) - 1}, got {sorted(index)}.")
+        raise DatasetFormatError(f"{path}: task_index values must be 0..{len(index) - 1}, got {sorted(index)}. Re-write meta/tasks.parquet with one row per task index.")
     by_index = dict(zip(index, text, strict=True))
     return tuple(str(by_index[i]) for i in range(len(index)))
 
@@ -364,8 +365,8 @@ def _read_episodes_table(fs: fsspec.AbstractFileSystem, url, info: Mapping[str, 
             chunk, file_index = chunk + 1, 0
     try:
         table = pa.concat_tables(tables, promote_options="default")
-    except pa.ArrowInvalid as e:
-        raise DatasetFormatError(f"episodes files {files} have incompatible schemas: {e}") from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:  # conflicting column types raise ArrowTypeError
+        raise DatasetFormatError(f"episodes files {files} have incompatible schemas: {e}. Re-write the episodes metadata so every file has one schema.") from None
     return table, files
 
 
@@ -391,7 +392,7 @@ def _episode_refs(
     indices = cols["episode_index"][order]
     if len(np.unique(indices)) != len(indices):
         dup = sorted({int(i) for i in indices[1:][np.diff(indices) == 0]})
-        raise DatasetConsistencyError(f"{where}: episode indices {dup} appear more than once in the episodes table.")
+        raise DatasetConsistencyError(f"{where}: episode indices {dup} appear more than once in the episodes table. Re-write the metadata so each episode is listed once.")
 
     data_template = info["data_path"]
     video_template = info.get("video_path")
@@ -420,14 +421,14 @@ def _episode_refs(
             )
         unknown = [t for t in ep_tasks[i] if t not in tasks]
         if unknown:
-            raise DatasetConsistencyError(f"{where}: episode {ep} lists tasks {unknown} that are not in meta/tasks.parquet.")
+            raise DatasetConsistencyError(f"{where}: episode {ep} lists tasks {unknown} that are not in meta/tasks.parquet. Add them to meta/tasks.parquet or fix the episode's tasks.")
         videos = []
         for key in video_keys:
             t0 = float(cols[f"videos/{key}/from_timestamp"][i])
             t1 = float(cols[f"videos/{key}/to_timestamp"][i])
             if not t1 > t0 >= 0:
                 raise DatasetConsistencyError(
-                    f"{where}: episode {ep} camera {key!r} has from_timestamp={t0}, to_timestamp={t1}; expected 0 <= from < to."
+                    f"{where}: episode {ep} camera {key!r} has from_timestamp={t0}, to_timestamp={t1}; expected 0 <= from < to. Re-write the episodes table."
                 )
             path = video_template.format(
                 video_key=key,
