@@ -7,6 +7,7 @@ Here positions are episode-local (0..length-1), the same arithmetic shifted by `
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,3 +62,37 @@ def window(position: int, length: int, offsets: np.ndarray) -> tuple[np.ndarray,
     rows = np.clip(target, 0, length - 1)
     is_pad = (target < 0) | (target >= length)
     return rows, is_pad
+
+
+def cut_windows(
+    columns: Mapping[str, np.ndarray],
+    position: int,
+    length: int,
+    offsets: Mapping[str, np.ndarray],
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """One sample's tabular values at ``position`` of an episode of ``length`` rows: ``(values, is_pad)``.
+
+    ``values[key]`` is ``columns[key][position]`` for a key without offsets, and for a key with
+    ``offsets[key]`` the rows of :func:`window` stacked ``[T, *shape]``; ``is_pad[key]`` flags, for
+    every column with offsets, the window positions outside the episode. Keys of ``offsets`` that are
+    not columns are ignored; to cut a camera's frame timestamps, pass the ``timestamp`` column under
+    the camera's key. Each distinct offsets array is clamped once per call; every key gets its own
+    ``is_pad`` array and its own values, so no two keys share memory. Pure: no I/O, no state.
+    """
+    cut: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+    values: dict[str, Any] = {}
+    is_pad: dict[str, np.ndarray] = {}
+    for key, column in columns.items():
+        key_offsets = offsets.get(key)
+        if key_offsets is None:
+            values[key] = column[position]
+            continue
+        token = key_offsets.tobytes()
+        found = cut.get(token)
+        if found is None:
+            found = cut[token] = window(position, length, key_offsets)
+            is_pad[key] = found[1]
+        else:
+            is_pad[key] = found[1].copy()
+        values[key] = column.take(found[0], axis=0)  # == column[rows], a new array
+    return values, is_pad

@@ -110,6 +110,13 @@ class NodeIterableDataset(IterableDataset):
         if graph is not None:
             graph.shutdown()
 
+    def decode_stats(self) -> dict[str, Any] | None:
+        """Counters of this process's live graph's decoding node (``VideoDecode.stats()``: frames, decoder
+        cache hits and misses), None before the first ``iter()``. In a DataLoader worker, that worker's
+        (``get_worker_info().dataset``); for benchmarks and monitoring."""
+        stats = getattr(self._graph.output, "stats", None) if self._graph is not None else None
+        return stats() if callable(stats) else None
+
     def state_dict(self) -> dict[str, Any]:
         if self._pending is not None:
             return self._pending
