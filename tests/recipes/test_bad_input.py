@@ -176,6 +176,11 @@ def test_bad_arguments(clean) -> None:
         build_loader(clean, on_error="ignore")
     with pytest.raises(ConfigError, match="image_dtype"):
         build_loader(clean, image_dtype=torch.float16)
+    with pytest.raises(ConfigError, match=r"max_decoders must be an integer >= 1, got 0"):
+        build_loader(clean, max_decoders=0)
+    with pytest.raises(ConfigError, match=rf"episodes \[99\] are not in {clean} \(it has 7 episodes, indices 0..6\). "
+                       r"Pick indices from meta.episodes"):
+        build_loader(clean, episodes=[3, 99])
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -287,21 +288,21 @@ def load_checkpoint(
             f"checkpoint {path} has no loader state for rank {rank} (it holds {files}, written by {written} "
             f"rank(s)). Resume with the world size it was written with."
         )
-    per_rank = torch.load(loader_path, map_location="cpu", weights_only=True)
+    per_rank = _load(loader_path)
     if per_rank.get("format") != CHECKPOINT_FORMAT:
         raise StateError(
             f"{loader_path} has checkpoint format {per_rank.get('format')!r}; this version of streamnodes "
-            f"reads format {CHECKPOINT_FORMAT}."
+            f"reads format {CHECKPOINT_FORMAT}. Resume with the streamnodes version that wrote it, or start fresh."
         )
     if int(per_rank["rank"]) != rank or int(per_rank["world_size"]) != written:
         raise StateError(
             f"{loader_path} says rank {per_rank['rank']} of {per_rank['world_size']}, expected rank {rank} "
-            f"of {written}: the checkpoint directory was assembled from different runs."
+            f"of {written}: the checkpoint directory was assembled from different runs. Resume from a checkpoint written by one run."
         )
 
     def optional(name: str) -> Any:
         file = path / name
-        return torch.load(file, map_location="cpu", weights_only=True) if file.is_file() else None
+        return _load(file) if file.is_file() else None
 
     return {
         "step": int(per_rank["step"]),
@@ -311,6 +312,18 @@ def load_checkpoint(
         "loader": per_rank["loader"],
         "extra": per_rank.get("extra", {}),
     }
+
+
+def _load(file: Path) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU; a file it refuses is a :class:`StateError` naming it."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        text = " ".join(str(e).split())[:300]
+        raise StateError(
+            f"{file}: cannot be loaded with torch.load(weights_only=True) ({text}). Checkpoints hold plain Python "
+            "types and tensors only (no numpy scalars); save it again from a state of this streamnodes."
+        ) from None
 
 
 def prune_checkpoints(directory: str | os.PathLike[str], keep_last: int) -> list[Path]:
