@@ -161,11 +161,13 @@ def percentiles_ms(latencies: list[float]) -> dict[str, float | None]:
 def decoded_frames(lengths: dict[int, int], episodes: list[int], frames: list[int], offsets: np.ndarray | None, cameras: int) -> int:
     """Distinct frames decoded for these samples: per camera 1 without a window, else the number of
     distinct clamped window positions (padded positions repeat a boundary frame, decoded once)."""
+    from streamnodes.windows import window
+
     if offsets is None:
         return cameras * len(episodes)
     total = 0
     for e, f in zip(episodes, frames, strict=True):
-        rows = np.clip(f + offsets, 0, lengths[e] - 1)
+        rows, _ = window(f, lengths[e], offsets)
         total += len(np.unique(rows))
     return cameras * total
 
