@@ -50,6 +50,16 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+def _kind(error: BaseException) -> str:
+    """``error``'s type, with its cause's type and HTTP status: fsspec reports a 500 on a size request as
+    ``FileNotFoundError`` raised from the real error."""
+    cause = error.__cause__
+    if cause is None:
+        return type(error).__name__
+    status = getattr(cause, "status", None)
+    return f"{type(error).__name__} from {type(cause).__name__}" + (f" {status}" if isinstance(status, int) else "")
+
+
 def with_retries(
     fn: Callable[[], T],
     *,
@@ -57,8 +67,13 @@ def with_retries(
     remote: bool,
     retries: int = RETRIES,
     backoff_s: float = BACKOFF_S,
+    max_backoff_s: float = MAX_BACKOFF_S,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Run ``fn``; for remote files retry transient failures up to ``retries`` times with backoff.
+
+    Retry ``k`` first waits ``min(max_backoff_s, backoff_s * 2**(k-1))`` seconds through ``sleep``, once
+    per retry: a caller may count retries there, or raise from it to stop waiting (a closed cache).
 
     When the retries are used up, :class:`DownloadError` names ``what`` and the last error. Permanent errors
     (a missing file, a corrupt footer) are raised at once, unchanged, for the caller to word.
@@ -73,12 +88,13 @@ def with_retries(
             attempt += 1
             if attempt > retries:
                 raise DownloadError(
-                    f"{what}: still failing after {retries} retries ({type(error).__name__}: "
+                    f"{what}: still failing after {retries} retries, failed {attempt} times in a row (retries={retries}) "
+                    f"({_kind(error)}: "
                     f"{' '.join(str(error).split())[:300]}). The server keeps failing; check it or retry later."
                 ) from error
-            delay = min(MAX_BACKOFF_S, backoff_s * 2 ** (attempt - 1))
+            delay = min(max_backoff_s, backoff_s * 2 ** (attempt - 1))
             log.info("retrying %s in %.2fs after %s (attempt %d/%d)", what, delay, type(error).__name__, attempt, retries)
-            time.sleep(delay)
+            sleep(delay)
 
 
 class ShortRead(ConnectionError):
