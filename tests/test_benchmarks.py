@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -56,15 +57,13 @@ def test_every_loader_runs_and_reports(tiny_root: Path, tmp_path: Path, monkeypa
         assert set(r) >= RUN_KEYS, r["loader"]
         assert r["mode"] == "window" and r["num_workers"] == 0
         assert r["samples_measured"] == 4 * 8  # every loader measures the same number of samples
-        assert r["samples_per_s"] > 0 and r["frames_per_s"] > 0 and r["first_batch_s"] > 0
-        assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
-        assert r["peak_rss_mb"] > 0 and r["cpu_ms_per_sample"] > 0
+        # frames per sample from the rates equals the counted frames per sample: one clock for both
+        assert r["frames_per_s"] / r["samples_per_s"] == pytest.approx(r["frames_decoded"] / r["samples_measured"], rel=1e-2)
         # window mode: 2 cameras x 1..8 distinct frames per sample
         assert 2 * 32 <= r["frames_decoded"] <= 2 * 8 * 32
     sn, floor = by_loader["streamnodes"], by_loader["decode_floor"]
     assert sn["frames_decoded"] == floor["frames_decoded"]  # the floor issues exactly streamnodes' decodes
-    assert sn["state_bytes"] > 0 and set(sn["resume_s"]) == {"10", "50", "90"}
-    assert all(v > 0 for v in sn["resume_s"].values())
+    assert set(sn["resume_s"]) == {"10", "50", "90"} and all(isinstance(v, float) for v in sn["resume_s"].values())
     for name in ("decode_floor", "map_style", "datasets_native"):
         assert by_loader[name]["resume_s"] is None and by_loader[name]["state_bytes"] is None
     for name in ("streamnodes", "map_style", "datasets_native"):
@@ -72,14 +71,15 @@ def test_every_loader_runs_and_reports(tiny_root: Path, tmp_path: Path, monkeypa
         assert 0.0 <= r["cache_hit_rate"] <= 1.0
         assert 1 <= r["distinct_episodes_per_batch"] <= 8
         assert 1 <= r["distinct_episodes_per_batch_uniform"] <= 8
-        assert r["episode_distance"] >= 0 and r["episode_distance_uniform"] > 0
 
     machine = machine_info()
     paths = write_results(tmp_path / "out", machine, runs, {"batch_size": 8, "dataset": {"episodes": 6}})
     data = json.loads(paths["json"].read_text())
-    assert set(data) >= {"machine", "runs"} and data["machine"]["cores"] >= 1
+    assert set(data) >= {"machine", "runs"} and data["machine"]["cores"] == os.cpu_count()
     assert [r["loader"] for r in data["runs"]] == list(LOADERS)
-    assert data["runs"][1]["ratio_to_floor"] == 1.0 and data["runs"][0]["ratio_to_floor"] > 0
+    floor_rate = next(r["samples_per_s"] for r in data["runs"] if r["loader"] == "decode_floor")
+    for r in data["runs"]:  # throughput relative to the floor of the same mode and worker count
+        assert r["ratio_to_floor"] == pytest.approx(r["samples_per_s"] / floor_rate, rel=1e-2), r["loader"]
     with paths["csv"].open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(LOADERS) and rows[0]["resume_s_50"] != "" and rows[2]["resume_s_50"] == ""

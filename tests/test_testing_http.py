@@ -119,7 +119,7 @@ def test_open_dataset_over_http_matches_local() -> None:
             remote.url(VIDEO) == srv.url_of(VIDEO)
             and remote.fs.size(remote.url(VIDEO)) == (REF_ROOT / VIDEO).stat().st_size
         )
-        # A row group by range: the data file is never fetched whole.
+        # One episode's rows over HTTP equal the local ones.
         ref = remote.episodes[3]
         columns = read_episode_columns(remote, ref, ["observation.state", "timestamp"])
         expected = read_episode_columns(local, local.episodes[3], ["observation.state", "timestamp"])
@@ -127,4 +127,3 @@ def test_open_dataset_over_http_matches_local() -> None:
             np.testing.assert_array_equal(columns[key], value)
         requests = srv.requests
         assert all(method in ("GET", "HEAD") for method, _ in requests)
-        assert srv.bytes_sent > 0

@@ -291,10 +291,8 @@ def test_permanently_failing_file_raises_download_error_naming_it(dataset: Path,
         meta = open_dataset(srv.url)
         node = _prefetcher(meta, cache_dir=tmp_path, retries=3)
         ep = next(node)
-        t0 = time.monotonic()
         with pytest.raises(DownloadError, match=rf"{srv.url}/{bad}: .*failed 4 times in a row \(retries=3\)"):
             ep.video_files["observation.images.front"].local_path(timeout=30)
-        assert time.monotonic() - t0 < 5
         assert srv.count(bad, "HEAD") == 4  # bounded: 1 try + 3 retries
         # The other camera's file is fine, and so is the stream.
         other = ep.video_files["observation.images.wrist"].local_path(timeout=30)

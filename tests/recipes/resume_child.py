@@ -1,7 +1,9 @@
 """Run in a fresh process by test_loader_resume.py: restore each saved loader state and print what follows.
 
-argv: dataset root, JSON of build_loader kwargs, then state files. Prints one JSON line per state:
-the batches (lists of `index`) from the restored position to the end of epoch 1.
+argv: dataset root, JSON of build_loader kwargs, then state files; or ``--plan PLAN.json`` where the
+plan is a list of ``{"root", "kwargs", "states": [state files]}`` (many loader configurations, one
+process start). Prints one JSON line per state, in order: the batches (lists of `index`) from the
+restored position to the end of epoch 1.
 """
 
 from __future__ import annotations
@@ -25,11 +27,16 @@ def rest_of_run(loader, last_epoch: int = 1) -> list[list[int]]:
 
 
 def main() -> None:
-    root, kwargs = sys.argv[1], json.loads(sys.argv[2])
-    for path in sys.argv[3:]:
-        loader = build_loader(root, **kwargs)
-        loader.load_state_dict(torch.load(path, weights_only=True))
-        print(json.dumps(rest_of_run(loader)), flush=True)
+    if sys.argv[1] == "--plan":
+        with open(sys.argv[2]) as f:
+            plan = json.load(f)
+    else:
+        plan = [{"root": sys.argv[1], "kwargs": json.loads(sys.argv[2]), "states": sys.argv[3:]}]
+    for entry in plan:
+        for path in entry["states"]:
+            loader = build_loader(entry["root"], **entry["kwargs"])
+            loader.load_state_dict(torch.load(path, weights_only=True))
+            print(json.dumps(rest_of_run(loader)), flush=True)
 
 
 if __name__ == "__main__":

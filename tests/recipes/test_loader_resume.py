@@ -83,6 +83,53 @@ def test_resume_in_fresh_process(dataset, tmp_path, num_workers, batch_size) -> 
         assert json.loads(line) == batches[k:], f"resume at {label} diverged"
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    from streamnodes.testing import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("tiny") / "ds", episode_lengths=[4, 3, 5, 2],
+                         cameras={"observation.images.cam": (32, 32)})
+
+
+# (num_workers, batch_size): unbatched gives a state after every sample; workers end partial batches.
+EVERY_POSITION = [(0, 3), (1, None), (1, 4), (2, 3)]
+
+
+def test_resume_in_fresh_process_at_every_position(tiny, tmp_path) -> None:
+    """Every state of epoch 0 (each batch boundary, and the finished epoch) restored in one fresh process
+    continues batch for batch to the end of epoch 1, for 0, 1 and 2 workers and several batch sizes."""
+    plan, expected = [], []
+    for num_workers, batch_size in EVERY_POSITION:
+        kwargs = {"batch_size": batch_size, "num_workers": num_workers, "episode_pool_size": 2,
+                  "frame_shuffle_size": 3, "seed": 2, "delta_timestamps": {"action": [-0.1, 0.0]}}
+        loader = build_loader(tiny, **kwargs)
+        batches, states = [], [loader.state_dict()]
+        for batch in loader:
+            idx = batch["index"]
+            batches.append(idx.tolist() if idx.ndim else [int(idx)])
+            states.append(loader.state_dict())
+        states.append(loader.state_dict())  # after the loader noticed the end of the epoch
+        epoch0 = len(batches)
+        batches += rest_of_run(loader)  # epoch 1 on the same loader
+        assert sorted(i for b in batches[:epoch0] for i in b) == list(range(14))
+        files = []
+        for k, state in enumerate(states):
+            path = tmp_path / f"w{num_workers}-b{batch_size}-{k}.pt"
+            torch.save(state, path)
+            files.append(str(path))
+            expected.append((f"workers={num_workers} batch_size={batch_size} state {k}", batches[min(k, epoch0):]))
+        plan.append({"root": str(tiny), "kwargs": kwargs, "states": files})
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    out = subprocess.run([sys.executable, "-m", "tests.recipes.resume_child", "--plan", str(plan_file)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == len(expected)
+    for (label, want), line in zip(expected, lines, strict=True):
+        assert json.loads(line) == want, f"resume at {label} diverged"
+
+
 def test_resume_in_process_with_persistent_workers(dataset) -> None:
     kwargs = {"batch_size": 4, "num_workers": 2, "persistent_workers": True, "episode_pool_size": 2, "seed": 1}
     batches, states = _uninterrupted(build_loader(dataset, **kwargs))
