@@ -12,6 +12,7 @@ from streamnodes.errors import (
 from streamnodes.episode_reader import EpisodeReader
 from streamnodes.format import DatasetMeta, EpisodeRef, open_dataset, rewrite_row_groups
 from streamnodes.nodes import (
+    BatchDecode,
     DeltaWindow,
     EpisodeBatcher,
     EpisodePool,
@@ -27,6 +28,7 @@ from streamnodes.recipes.loader import StreamLoader, build_loader
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchDecode",
     "DeltaWindow",
     "EpisodeBatcher",
     "EpisodePool",

@@ -17,6 +17,8 @@ from typing import Any
 
 from torch.utils.data import IterableDataset
 
+from torchdata.nodes import BaseNode
+
 from streamnodes.distributed import Consumer, rank_and_world_size, worker_and_count
 from streamnodes.errors import StateError
 from streamnodes.recipes.graph import BuiltGraph
@@ -91,7 +93,7 @@ class NodeIterableDataset(IterableDataset):
         if state is not None:
             check_header(
                 state, CONSUMER_KEY, _topology(consumer), self.config_fingerprint,
-                names="[rank, world_size, worker, num_workers]",
+                names=("rank", "world_size", "worker", "num_workers"),
                 remedy="Restore each rank's own state file with the same world size and num_workers.",
             )
             self.epoch = int(state["epoch"])

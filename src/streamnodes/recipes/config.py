@@ -54,7 +54,10 @@ class StreamConfig:
     image_dtype: Any = _setting(torch.float32, doc="torch.float32 (LeRobot's [0, 1]) or torch.uint8")
     cache_dir: str | None = _setting(None, doc="remote datasets: where local video copies go (None: temp dir)")
     prefetch_max_bytes: int = _setting(2 << 30, doc="remote datasets: video bytes on disk per consumer")
-    max_decoders: int = _setting(16, doc="open video decoders kept per consumer")
+    max_decoders: int = _setting(16, doc="open video decoders kept per consumer (shared out among decode threads)")
+    decode_threads: int = _setting(2, doc="threads decoding each batch's frames in every consumer (0: the calling thread)")
+    decode_ahead: int = _setting(1, doc="batches pulled and decoding ahead of the one returned")
+    layout: str = _setting("channels_last", doc="camera tensors' memory: 'channels_last' (no transpose) or 'contiguous'")
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -64,9 +67,14 @@ class StreamConfig:
         if dtype not in _IMAGE_DTYPES.values():
             raise ConfigError(f"image_dtype must be torch.float32 or torch.uint8 (or 'float32' / 'uint8'), got {self.image_dtype!r}.")
         set_(self, "image_dtype", dtype)
+        if self.layout not in ("channels_last", "contiguous"):
+            raise ConfigError(f"layout must be 'channels_last' or 'contiguous', got {self.layout!r}.")
         if self.on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}.")
-        for name, low in (("episode_pool_size", 1), ("frame_shuffle_size", 0), ("max_decoders", 1), ("prefetch_max_bytes", 1)):
+        for name, low in (
+            ("episode_pool_size", 1), ("frame_shuffle_size", 0), ("max_decoders", 1), ("prefetch_max_bytes", 1),
+            ("decode_threads", 0), ("decode_ahead", 0),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}.")

@@ -11,6 +11,7 @@ from streamnodes.distributed import Consumer
 from streamnodes.episode_reader import EpisodeReader
 from streamnodes.format.metadata import DatasetMeta
 from streamnodes.nodes import (
+    BatchDecode,
     DeltaWindow,
     EpisodeBatcher,
     EpisodeGuard,
@@ -50,7 +51,8 @@ class BuiltGraph:
 
 class LeRobotGraph:
     """Builds ``ShardSource -> EpisodeBatcher [-> Prefetcher] [-> EpisodeGuard] -> EpisodePool -> DeltaWindow
-    [-> FrameShuffle] [-> Take] -> VideoDecode`` for one consumer and epoch.
+    [-> FrameShuffle] [-> Take] -> BatchDecode`` (``VideoDecode`` for unbatched samples or a custom
+    collate) for one consumer and epoch.
 
     Picklable (metadata and plain config only), so DataLoader workers build their own graph
     (torchdata's Mapper/ParallelMapper are not picklable; nothing here needs them). One
@@ -59,9 +61,11 @@ class LeRobotGraph:
     inserted for remote datasets only; Take only with several ranks (equal batches per rank).
     """
 
-    def __init__(self, meta: DatasetMeta, config: StreamConfig) -> None:
+    def __init__(self, meta: DatasetMeta, config: StreamConfig, *, batch_in_graph: bool = False, pin_memory: bool = False) -> None:
         self.meta = meta
         self.config = config
+        self.batch_in_graph = bool(batch_in_graph and config.batch_size is not None)
+        self.pin_memory = bool(pin_memory)
 
     def lengths(self) -> dict[int, int]:
         eps = self.config.episodes
@@ -106,7 +110,15 @@ class LeRobotGraph:
         if consumer.world_size > 1:
             quotas, _ = self.quotas(epoch, consumer.world_size, consumer.num_workers)
             node = Take(node, quotas[consumer.worker_id])
-        node = VideoDecode(node, image_dtype=c.image_dtype, tolerance_s=c.tolerance_s, max_decoders=c.max_decoders)
+        if self.batch_in_graph:
+            assert c.batch_size is not None
+            node = BatchDecode(
+                node, batch_size=c.batch_size, drop_last=c.drop_last, decode_threads=c.decode_threads,
+                image_dtype=c.image_dtype, layout=c.layout, tolerance_s=c.tolerance_s, max_decoders=c.max_decoders,
+                decode_ahead=c.decode_ahead, pin_memory=self.pin_memory,
+            )
+        else:
+            node = VideoDecode(node, image_dtype=c.image_dtype, tolerance_s=c.tolerance_s, max_decoders=c.max_decoders)
         return BuiltGraph(node, reader, guard)
 
     def __repr__(self) -> str:

@@ -69,7 +69,7 @@ class StreamLoader(StatefulDataLoader):
         meta = state_dict[STATE_KEY]
         check_header(
             meta, TOPOLOGY_KEY, self._topology(), self.dataset.config_fingerprint,
-            names="[rank, world_size, num_workers]",
+            names=("rank", "world_size", "num_workers"),
             remedy="Each rank restores its own state file, with the world size and num_workers it was saved with.",
         )
         self._resume_epoch = int(meta["epoch"]) + (1 if meta.get("epoch_finished") else 0)
@@ -105,10 +105,17 @@ class StreamLoader(StatefulDataLoader):
     def batches_per_epoch(self, epoch: int | None = None) -> int:
         """Batches this rank yields in ``epoch``: workers batch separately, so each may end partial."""
         per_worker = self._worker_samples(epoch)
-        if self.batch_size is None:
+        batch_size, drop_last = self.stream_batching()
+        if batch_size is None:
             return sum(per_worker)
-        rounding = math.floor if self.drop_last else math.ceil
-        return sum(rounding(n / self.batch_size) for n in per_worker)
+        rounding = math.floor if drop_last else math.ceil
+        return sum(rounding(n / batch_size) for n in per_worker)
+
+    def stream_batching(self) -> tuple[int | None, bool]:
+        """(batch_size, drop_last) of the stream, whether the graph or the DataLoader batches."""
+        if self.graph is not None and self.graph.batch_in_graph:
+            return self.graph.config.batch_size, self.graph.config.drop_last
+        return self.batch_size, self.drop_last
 
     def _worker_samples(self, epoch: int | None) -> list[int]:
         if self.graph is None:
@@ -171,7 +178,10 @@ def build_loader(
         raise ConfigError(f"num_workers must be >= 0, got {num_workers}.")
     meta = source if isinstance(source, DatasetMeta) else open_dataset(source, check_files=config.on_error == "raise")
     config.check(meta)  # fail here, not in a worker
-    graph = LeRobotGraph(meta, config)
+    # Batches are collated inside the graph (BatchDecode: frames decoded on threads straight into the batch
+    # tensors) unless the caller brings a collate_fn; then samples go to the DataLoader's batching.
+    batch_in_graph = config.batch_size is not None and collate_fn is None
+    graph = LeRobotGraph(meta, config, batch_in_graph=batch_in_graph, pin_memory=pin_memory and num_workers == 0)
     dataset = NodeIterableDataset(graph, rank=rank, world_size=world_size, epoch=epoch, config_fingerprint=config.fingerprint())
     if dataset.world_size > 1:
         quotas, trimmed = graph.quotas(epoch, dataset.world_size, max(1, num_workers))
@@ -188,9 +198,9 @@ def build_loader(
     return StreamLoader(
         dataset,
         graph=graph,
-        batch_size=config.batch_size,
+        batch_size=None if batch_in_graph else config.batch_size,
         num_workers=num_workers,
-        drop_last=config.drop_last,
+        drop_last=False if batch_in_graph else config.drop_last,
         snapshot_every_n_steps=snapshot_every_n_steps,
         pin_memory=pin_memory,
         collate_fn=collate_fn,

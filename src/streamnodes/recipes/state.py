@@ -26,12 +26,18 @@ def write_header(epoch: int, topology_key: str, topology: Sequence[int], fingerp
 
 
 def check_header(
-    saved: Mapping[str, Any], topology_key: str, topology: Sequence[int], fingerprint: str, *, names: str, remedy: str
+    saved: Mapping[str, Any],
+    topology_key: str,
+    topology: Sequence[int],
+    fingerprint: str,
+    *,
+    names: Sequence[str],
+    remedy: str,
 ) -> None:
     """Raise :class:`StateError` when ``saved``'s version, topology or stream fingerprint differ from now's.
 
-    ``names`` spells the topology fields (e.g. ``"[rank, world_size, worker, num_workers]"``); ``remedy``
-    says how to restore correctly.
+    ``names`` are the topology fields (e.g. ``("rank", "world_size", "worker", "num_workers")``), named
+    one by one where they differ; ``remedy`` says how to restore correctly.
     """
     version = saved.get(VERSION_KEY)
     if version != STATE_VERSION:
@@ -40,10 +46,14 @@ def check_header(
             "States do not carry over between these versions: start the data stream fresh."
         )
     now = list(topology)
-    if saved.get(topology_key) != now:
+    before = saved.get(topology_key)
+    if before != now:
+        diffs = ""
+        if isinstance(before, list) and len(before) == len(now):
+            diffs = " (" + ", ".join(f"{n} saved {a}, now {b}" for n, a, b in zip(names, before, now) if a != b) + ")"
         raise StateError(
-            f"the loader state was saved by {topology_key} {names} = {saved.get(topology_key)}; it is being restored "
-            f"into {now}. {remedy}"
+            f"the loader state was saved by {topology_key} [{', '.join(names)}] = {before}; it is being restored "
+            f"into {now}{diffs}. {remedy}"
         )
     if saved.get(CONFIG_KEY) != fingerprint:
         raise StateError(
