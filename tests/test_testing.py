@@ -20,7 +20,6 @@ from torchcodec.encoders import VideoEncoder
 
 from streamnodes.errors import ConfigError
 from streamnodes.testing import (
-    DEFAULT_TASKS,
     MAX_EPISODE_LENGTH,
     MAX_EPISODES,
     _assign_files,
@@ -180,7 +179,8 @@ def test_tasks(tmp_path: Path) -> None:
     data = pq.read_table(root / "data/chunk-000/file-000.parquet").to_pandas()
     assert list(data["task_index"]) == [2] * 3 + [2] * 4 + [0] * 5 + [1] * 6
     default = write_dataset(tmp_path / "default", episode_lengths=[1] * 4, cameras=None)
-    assert [list(t) for t in episodes_table(default)["tasks"]] == [[DEFAULT_TASKS[i % 3]] for i in range(4)]
+    defaults = ["pick the red cube", "place the cube in the bin", "push the block left"]  # documented defaults
+    assert [list(t) for t in episodes_table(default)["tasks"]] == [[defaults[i % 3]] for i in range(4)]
 
 
 # --- roll-over ---------------------------------------------------------------------------------------
