@@ -6,23 +6,35 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from streamnodes.__main__ import main
 from streamnodes.check import CheckReport, Problem, _ranges, check_dataset
-from streamnodes.format import open_dataset
+from streamnodes.decoder_cache import DecoderCache
+from streamnodes.errors import DatasetFormatError, StreamNodesError, VideoDecodeError, short_text
+from streamnodes.format import DatasetMeta, open_dataset, read_episode_columns
+from streamnodes.format.fs import fs_is_http, fs_is_local, fs_is_remote, is_url, join, relative_to, url_to_fs
+from streamnodes.nodes.episode_batcher import EpisodeBatcher
+from streamnodes.nodes.episode_guard import EpisodeGuard
+from streamnodes.nodes.shard_source import ShardSource
+from streamnodes.nodes.video_decode import decode_query
+from streamnodes.types import VideoQuery
 from tests.conftest import REF_ROOT
 
 REF_VIDEO = "videos/observation.images.cam/chunk-000/file-000.mp4"
 REF_DATA = "data/chunk-000/file-000.parquet"
+REF_CAM = "observation.images.cam"
 EPISODES = "meta/episodes/chunk-000/file-000.parquet"
 FRONT = "observation.images.front"
 WRIST = "observation.images.wrist"
@@ -56,6 +68,27 @@ def shift_from_timestamp(root: Path, key: str, episode: int, seconds: float) -> 
     values[row] += seconds
     table = table.set_column(table.column_names.index(name), name, pa.array(values, pa.float64()))
     pq.write_table(table, path)
+
+
+def damage_data_page(root: Path, row_group: int) -> None:
+    """Overwrite one data page of the reference data file (episode ``row_group``'s observation.state);
+    the footer stays intact, so only reading that row group finds it."""
+    path = root / REF_DATA
+    metadata = pq.ParquetFile(path).metadata
+    names = [metadata.row_group(row_group).column(i).path_in_schema for i in range(metadata.num_columns)]
+    chunk = metadata.row_group(row_group).column(names.index("observation.state.list.element"))
+    data = bytearray(path.read_bytes())
+    start, stop = chunk.data_page_offset + 20, chunk.data_page_offset + chunk.total_compressed_size - 5
+    data[start:stop] = b"\xab" * (stop - start)
+    path.write_bytes(bytes(data))
+
+
+def first_and_last(meta: DatasetMeta, episode: int, key: str = REF_CAM) -> VideoQuery:
+    """The query check_dataset decodes for ``episode``: its first and last frame of camera ``key``."""
+    ref = meta.episode(episode)
+    segment = ref.video(key)
+    nominal = np.array([0.0, (ref.length - 1) / meta.fps])  # the reference writes timestamp = frame / fps
+    return VideoQuery(key, meta.url(segment.path), episode, segment.from_timestamp + nominal)
 
 
 def videos_by_file(root: Path) -> dict[str, list[int]]:
@@ -205,7 +238,7 @@ def test_from_timestamp_shifted_by_half_a_frame(ref_copy: Path, capsys: pytest.C
     message = report.problems[0].message
     # episode 3 is [11.5, 14.1] s in the mp4; asked for 11.55 and 14.15, a frame is 0.05 s away.
     assert "camera observation.images.cam: requested timestamps [11.55, 14.15] s" in message
-    assert "tolerance_s=0.0001" in message and "fix the episodes table" in message
+    assert "tolerance_s=0.0001" in message and "check meta/episodes" in message  # decode_query's remedy
 
     code, out = run(capsys, str(ref_copy))
     assert code == 1 and "episode 3: camera observation.images.cam: requested timestamps" in out
@@ -274,14 +307,7 @@ def test_no_decode_skips_videos(ref_copy: Path, capsys: pytest.CaptureFixture[st
 
 def test_read_rows_finds_a_damaged_data_page(ref_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The footer is intact, so only reading the row group finds the damage."""
-    path = ref_copy / REF_DATA
-    metadata = pq.ParquetFile(path).metadata
-    names = [metadata.row_group(3).column(i).path_in_schema for i in range(metadata.num_columns)]
-    chunk = metadata.row_group(3).column(names.index("observation.state.list.element"))  # episode 3
-    data = bytearray(path.read_bytes())
-    start, stop = chunk.data_page_offset + 20, chunk.data_page_offset + chunk.total_compressed_size - 5
-    data[start:stop] = b"\xab" * (stop - start)
-    path.write_bytes(bytes(data))
+    damage_data_page(ref_copy, row_group=3)  # episode 3
 
     assert check_dataset(ref_copy, progress=False).ok  # timestamp and index are other column chunks
     report = check_dataset(ref_copy, read_rows=True, progress=False)
@@ -310,3 +336,94 @@ def test_report_shows_at_most_five_problems_per_file() -> None:
     assert "  ... and 3 more in this file (episodes 5-7)" in text
     assert text.endswith("FAILED: 8 problems.")
     assert _ranges([7, 0, 1, 2, 5]) == "0-2, 5, 7"
+
+
+# ---- structured errors: the facts check and EpisodeGuard read are attributes ------------------------
+
+
+def test_truncated_mp4_error_names_file_episode_and_camera_as_attributes(ref_copy: Path) -> None:
+    truncate(ref_copy / REF_VIDEO)
+    meta = open_dataset(ref_copy)
+    with pytest.raises(VideoDecodeError, match=r"\(episode 3, camera observation.images.cam\): decoding frames") as info:
+        decode_query(DecoderCache(), first_and_last(meta, 3))
+    error = info.value
+    assert (error.path, error.episode_index, error.camera) == (meta.url(REF_VIDEO), 3, REF_CAM)
+    assert error.detail.startswith("decoding frames [115, 141] for timestamps [11.5, 14.1] s failed (")
+    assert "truncated or corrupt" in error.detail and meta.url(REF_VIDEO) not in error.detail
+    # DataLoader workers and StreamLoader states pickle errors: the attributes travel with them.
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), str(copy)) == (VideoDecodeError, str(error))
+    assert (copy.path, copy.episode_index, copy.camera) == (error.path, 3, REF_CAM)
+
+
+def test_missing_mp4_open_error_gets_the_camera_from_decode_query(ref_copy: Path) -> None:
+    meta = open_dataset(ref_copy)
+    (ref_copy / REF_VIDEO).unlink()
+    with pytest.raises(VideoDecodeError, match=r"file-000.mp4 \(episode 2\): video file not found") as info:
+        decode_query(DecoderCache(), first_and_last(meta, 2))
+    error = info.value
+    assert (error.path, error.episode_index, error.camera) == (meta.url(REF_VIDEO), 2, REF_CAM)
+    assert error.detail.startswith("video file not found. Check the dataset root")
+
+
+def test_damaged_rows_and_metadata_errors_carry_path_and_episode(ref_copy: Path) -> None:
+    damage_data_page(ref_copy, row_group=3)
+    meta = open_dataset(ref_copy)
+    with pytest.raises(DatasetFormatError, match=r"file-000.parquet: episode 3 \(row group 3\) cannot be read") as info:
+        read_episode_columns(meta, meta.episode(3), meta.data_keys)
+    error = info.value
+    assert (error.path, error.episode_index, error.camera) == (meta.url(REF_DATA), 3, None)
+    assert error.detail.startswith("row group 3 cannot be read (")
+
+    (ref_copy / "meta" / "info.json").unlink()
+    with pytest.raises(DatasetFormatError, match="missing. A LeRobot v3.0 dataset root") as info:
+        open_dataset(ref_copy)
+    assert (info.value.path, info.value.episode_index) == (str(ref_copy / "meta" / "info.json"), None)
+
+
+def test_episode_guard_skips_by_the_error_attribute_of_a_damaged_row_group(ref_copy: Path) -> None:
+    """EpisodeBatcher's read error reaches EpisodeGuard with its episode_index: the guard skips episode 3."""
+    damage_data_page(ref_copy, row_group=3)
+    meta = open_dataset(ref_copy)
+    source = ShardSource(meta, seed=0, shuffle=False, rank=0, world_size=1, worker_id=0, num_workers=1)
+    guard = EpisodeGuard(EpisodeBatcher(source, meta), meta, on_error="skip")
+    guard.reset()
+    assert [episode.episode_index for episode in guard] == [0, 1, 2, 4, 5]
+    ((episode, reason),) = guard.skipped
+    assert episode == 3 and reason.startswith("DatasetFormatError: ") and "episode 3 (row group 3) cannot be read" in reason
+
+
+def test_with_context_fills_only_unknown_attributes() -> None:
+    error = DatasetFormatError("data/x.parquet: unreadable.", path="data/x.parquet")
+    assert error.with_context(path="other", episode_index=7, camera="cam") is error  # for `raise e.with_context(...)`
+    assert (error.path, error.episode_index, error.camera) == ("data/x.parquet", 7, "cam")
+    error.with_context(episode_index=8)
+    assert error.episode_index == 7  # the raiser's facts win
+    bare = StreamNodesError("no facts")
+    assert (bare.path, bare.episode_index, bare.camera, bare.detail) == (None, None, None, "no facts")
+
+
+def test_short_text_is_the_one_line_quote_of_an_error() -> None:
+    torchcodec = RuntimeError(
+        "SingleStreamDecoder, /__w/torchcodec/src/SingleStreamDecoder.cpp:52, Could not open\n   input file."
+        " This should never happen. Please report a bug to https://github.com/pytorch/torchcodec/issues."
+    )
+    assert short_text(torchcodec) == "Could not open input file."
+    cut = short_text("word " * 100, limit=20)
+    assert len(cut) == 20 and cut.endswith("...") and cut.startswith("word word")
+    assert short_text("x" * 400, limit=None) == "x" * 400
+    assert short_text("x" * 400) == "x" * 297 + "..."
+
+
+def test_fs_helpers_tell_local_remote_and_http_apart(tmp_path: Path) -> None:
+    local, root = url_to_fs(f"{tmp_path}/")
+    assert root == str(tmp_path) and fs_is_local(local) and not fs_is_remote(local) and not fs_is_http(local)
+    assert url_to_fs("/")[1] == "/"
+    memory = fsspec.filesystem("memory")
+    assert fs_is_remote(memory) and not fs_is_http(memory)
+    http = fsspec.filesystem("http")
+    assert fs_is_remote(http) and fs_is_http(http)
+    assert is_url("https://host/ds/a.mp4") and not is_url(str(tmp_path / "a.mp4"))
+    assert join(root, "meta/info.json") == f"{tmp_path}/meta/info.json"
+    assert relative_to(root, f"{tmp_path}/meta/info.json") == "meta/info.json"
+    assert relative_to(root, f"{tmp_path}x/meta/info.json") is None

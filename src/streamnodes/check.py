@@ -12,33 +12,34 @@
    ``timestamp`` column when decoding (needed for step 4; ``index`` is read and checked alongside),
    every column with ``read_rows=True``. Checks row count and index range against the episodes table
    and finds damaged data pages;
-4. per camera, the first and the last frame of every episode, exactly as the loader finds them
-   (DESIGN §4): in-file time ``t = from_timestamp + timestamp[row]``, frame index ``round(t * fps)``
-   which must be below the file's frame count, torchcodec ``get_frames_at``, and
-   ``|pts - t| <= tolerance_s``. Each mp4 is opened once for all its episodes.
+4. per camera, the first and the last frame of every episode, decoded by the loader's own
+   :func:`~streamnodes.nodes.video_decode.decode_query` (DESIGN §4): in-file time
+   ``t = from_timestamp + timestamp[row]``, frame index ``round(t * fps)`` which must be below the
+   file's frame count, torchcodec ``get_frames_at``, and ``|pts - t| <= tolerance_s``. Each mp4 is
+   opened once for all its episodes (again after a decode failure).
 
 Every failure becomes a :class:`Problem` (file, episode, message with the remedy) and the run goes on.
+File, episode and camera come from the errors' attributes (:class:`~streamnodes.errors.StreamNodesError`).
 """
 
 from __future__ import annotations
 
 import logging
-import posixpath
-import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import fsspec
+import numpy as np
 import pyarrow as pa
 
-from streamnodes.errors import StreamNodesError, VideoDecodeError
+from streamnodes.errors import StreamNodesError, VideoDecodeError, short_text
 from streamnodes.format import ParquetFileCache, open_dataset, read_episode_columns
+from streamnodes.format.fs import relative_to, url_to_fs
 from streamnodes.format.validate import check_data_file
+from streamnodes.types import VideoQuery
 
 if TYPE_CHECKING:
-    from streamnodes.decoder_cache import OpenVideo
     from streamnodes.format import DatasetMeta, EpisodeRef
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class CheckReport:
         return not self.problems
 
     def add(self, file: str, episode: int | None, message: str) -> None:
-        problem = Problem(file, episode, " ".join(message.split()))  # one line (pyarrow's span several)
+        problem = Problem(file, episode, short_text(message, limit=None))  # one line (pyarrow's span several)
         log.debug("problem: %s", problem)
         self.problems.append(problem)
 
@@ -173,11 +174,11 @@ def check_dataset(
         raise ValueError(f"tolerance_s must be >= 0 seconds, got {tolerance_s}")
     root = str(root)
     report = CheckReport(root=root, decoded=decode, tolerance_s=float(tolerance_s))
-    root_path = _root_path(root)
+    root_path = url_to_fs(root)[1]
     try:
         meta = open_dataset(root, check_files=False)
     except _FILE_ERRORS as e:
-        file, message = _split_metadata_error(root_path, str(e))
+        file, message = _metadata_problem(root_path, e)
         report.add(file, None, message)
         return report
     report.metadata_ok = True
@@ -203,14 +204,14 @@ def check_dataset(
 
     bar = tqdm(total=total, unit="check", desc="data files", disable=None if progress else True, leave=False)
     try:
-        bad_files = _check_footers(meta, by_data_file, report, root_path, bar)
+        bad_files = _check_footers(meta, by_data_file, report, bar)
         timestamps: dict[int, tuple[float, float]] = {}
         if read_episodes:
             bar.set_description("episode rows")
-            timestamps = _read_episodes(meta, by_data_file, bad_files, read_rows, report, root_path, bar)
+            timestamps = _read_episodes(meta, by_data_file, bad_files, read_rows, report, bar)
         if decode and by_video_file:
             bar.set_description("videos")
-            _check_videos(meta, by_video_file, timestamps, float(tolerance_s), report, root_path, bar)
+            _check_videos(meta, by_video_file, timestamps, float(tolerance_s), report, bar)
     finally:
         bar.close()
     log.info(
@@ -231,7 +232,6 @@ def _check_footers(
     meta: DatasetMeta,
     by_data_file: dict[str, list[EpisodeRef]],
     report: CheckReport,
-    root_path: str,
     bar: Any,
 ) -> set[str]:
     """Footer of every data file; returns the files with a problem (their rows are not read)."""
@@ -241,7 +241,7 @@ def _check_footers(
             check_data_file(meta, path, sorted(episodes, key=lambda e: e.row_group))
         except _FILE_ERRORS as e:
             bad.add(path)
-            report.add(path, None, _strip_path(root_path, path, str(e)))
+            report.add(path, None, _detail(e))
         bar.update(1)
     return bad
 
@@ -252,7 +252,6 @@ def _read_episodes(
     bad_files: set[str],
     all_columns: bool,
     report: CheckReport,
-    root_path: str,
     bar: Any,
 ) -> dict[int, tuple[float, float]]:
     """Read each episode's row group once; return the first and last ``timestamp`` of each episode read.
@@ -276,9 +275,7 @@ def _read_episodes(
                 try:
                     rows = read_episode_columns(meta, ep, columns, files)
                 except _FILE_ERRORS as e:
-                    report.add(
-                        path, ep.episode_index, _strip_episode(_strip_path(root_path, path, str(e)), ep)
-                    )
+                    report.add(path, ep.episode_index, _detail(e))
                 else:
                     report.episodes_read += 1
                     report.rows_read += ep.length
@@ -297,46 +294,45 @@ def _check_videos(
     timestamps: dict[int, tuple[float, float]],
     tolerance_s: float,
     report: CheckReport,
-    root_path: str,
     bar: Any,
 ) -> None:
-    """Decode the first and last frame of every (episode, camera), one open decoder per mp4."""
-    from streamnodes.decoder_cache import open_video
+    """Decode the first and last frame of every (episode, camera) with the loader's ``decode_query``.
 
-    for path, uses in by_video_file.items():
-        url = meta.url(path)
-        video: OpenVideo | None = None
-        ordered = sorted(uses, key=lambda u: u[0].episode_index)
-        for done, (ep, key) in enumerate(ordered):
-            try:
-                if video is None:
-                    video = open_video(url)
-            except _FILE_ERRORS as e:
-                episodes = [u[0].episode_index for u in ordered[done:]]
-                message = _strip_path(root_path, path, str(e))
-                report.add(path, None, f"{message} Episodes using this file: {_ranges(episodes)}.")
-                bar.update(len(ordered) - done)
-                break
-            try:
-                report.frames_decoded += _check_episode_frames(
-                    video, ep, key, timestamps, meta.fps, tolerance_s
-                )
-            except VideoDecodeError as e:
-                report.add(path, ep.episode_index, str(e))
-                if e.__cause__ is not None:  # decoding failed mid-stream: reopen for the next episode
-                    video = None
-            bar.update(1)
+    One open decoder at a time: each mp4 is opened once for all its episodes (``decode_query`` drops a
+    decoder that failed mid-stream, so the next episode opens the file again). A file that cannot be
+    opened is one problem naming the episodes that use it.
+    """
+    from streamnodes.decoder_cache import DecoderCache
+    from streamnodes.nodes.video_decode import decode_query
+
+    cache = DecoderCache(max_decoders=1)
+    try:
+        for path, uses in by_video_file.items():
+            url = meta.url(path)
+            ordered = sorted(uses, key=lambda u: u[0].episode_index)
+            for done, (ep, key) in enumerate(ordered):
+                try:
+                    cache.get(url)
+                except _FILE_ERRORS as e:
+                    episodes = [u[0].episode_index for u in ordered[done:]]
+                    report.add(path, None, f"{_detail(e)} Episodes using this file: {_ranges(episodes)}.")
+                    bar.update(len(ordered) - done)
+                    break
+                query = _first_and_last_frame(ep, key, url, timestamps, meta.fps)
+                try:
+                    report.frames_decoded += decode_query(cache, query, tolerance_s=tolerance_s)[1]
+                except VideoDecodeError as e:
+                    camera = "" if e.camera is None else f"camera {e.camera}: "
+                    report.add(path, ep.episode_index, camera + e.detail)
+                bar.update(1)
+    finally:
+        cache.clear()
 
 
-def _check_episode_frames(
-    video: OpenVideo,
-    ep: EpisodeRef,
-    key: str,
-    timestamps: dict[int, tuple[float, float]],
-    fps: int,
-    tolerance_s: float,
-) -> int:
-    """Decode the first and last frame of ``ep`` in ``video``; returns the frames decoded.
+def _first_and_last_frame(
+    ep: EpisodeRef, key: str, url: str, timestamps: dict[int, tuple[float, float]], fps: int
+) -> VideoQuery:
+    """The query for ``ep``'s first and last frame of camera ``key`` (pure; no I/O).
 
     In-file times are ``from_timestamp + timestamp`` of the first and last row (DESIGN §4). When the
     episode's rows could not be read, the nominal ``(length - 1) / fps`` stands in for the last
@@ -344,88 +340,28 @@ def _check_episode_frames(
     """
     segment = ep.video(key)
     first, last = timestamps.get(ep.episode_index, (0.0, (ep.length - 1) / fps))
-    wanted = [segment.from_timestamp + first, segment.from_timestamp + last]
-    indices = [round(t * video.average_fps) for t in wanted]
-    camera = f"camera {key}"
-    if min(indices) < 0 or max(indices) >= video.num_frames:
-        raise VideoDecodeError(
-            f"{camera}: timestamps {_fmt(wanted)} s are frames {indices}, outside the file's "
-            f"{video.num_frames} frames at {video.average_fps:g} fps. The episode's from_timestamp "
-            "(meta/episodes) or timestamp column point past the video, or the video lost frames; "
-            "re-write the episodes table or re-encode the video."
-        )
-    unique = sorted(set(indices))
-    try:
-        batch = video.decoder.get_frames_at(unique)
-    except (RuntimeError, IndexError, ValueError) as e:
-        raise VideoDecodeError(
-            f"{camera}: decoding frames {unique} (timestamps {_fmt(wanted)} s) failed "
-            f"({_short(e)}). The file is truncated or corrupt; re-download it or re-encode it."
-        ) from e
-    pts = dict(zip(unique, batch.pts_seconds.tolist(), strict=True))
-    found = [pts[i] for i in indices]
-    if any(abs(p - t) > tolerance_s for p, t in zip(found, wanted, strict=True)):
-        raise VideoDecodeError(
-            f"{camera}: requested timestamps {_fmt(wanted)} s, decoded frames have pts {_fmt(found)} s "
-            f"(beyond tolerance_s={tolerance_s:g}; the video has {video.num_frames} frames at "
-            f"{video.average_fps:g} fps). The episode's from_timestamp (meta/episodes) or timestamp "
-            "column disagree with the video; fix the episodes table or re-encode the video. Raise "
-            "--tolerance-s only if the offset is known and harmless."
-        )
-    return len(unique)
+    wanted = np.array([segment.from_timestamp + first, segment.from_timestamp + last], dtype=np.float64)
+    return VideoQuery(key, url, ep.episode_index, wanted)
 
 
 # ---- message helpers ------------------------------------------------------------------------------
 
 
-def _root_path(root: str) -> str:
-    path = fsspec.core.url_to_fs(root)[1]
-    return path.rstrip("/") if path != "/" else path
+def _detail(error: BaseException) -> str:
+    """The error's text without the file and episode the report names already (read from its attributes)."""
+    return error.detail if isinstance(error, StreamNodesError) else str(error)
 
 
-# torchcodec prefixes errors with its C++ function and source location: "SingleStreamDecoder,
-# /__w/torchcodec/.../SingleStreamDecoder.cpp:52, Could not open input file: ..."
-_CPP_LOCATION = re.compile(r"\b\w+, \S+\.(?:cpp|h):\d+, ")
-
-
-def _strip_path(root_path: str, relative: str, message: str) -> str:
-    """Drop a leading ``<full path>: `` from an error message (the report names the file already)
-    and torchcodec's C++ source locations."""
-    message = _CPP_LOCATION.sub("", message)
-    for prefix in (posixpath.join(root_path, relative) + ": ", relative + ": "):
-        if message.startswith(prefix):
-            return message[len(prefix) :]
-    return message
-
-
-def _strip_episode(message: str, ep: EpisodeRef) -> str:
-    """Drop a leading ``episode N: `` (``episode N (row group K)`` becomes ``row group K``); the
-    report names the episode already."""
-    message = message.removeprefix(f"episode {ep.episode_index}: ")
-    return re.sub(rf"^episode {ep.episode_index} \((row group \d+)\) ", r"\1 ", message)
-
-
-def _split_metadata_error(root_path: str, message: str) -> tuple[str, str]:
-    """(file relative to the root, rest of the message) of an ``open_dataset`` error."""
-    head, sep, rest = message.partition(": ")
-    if sep and head.startswith(root_path.rstrip("/") + "/"):
-        return head[len(root_path.rstrip("/")) + 1 :], rest
-    if sep and head.startswith("meta/"):
-        return head, rest
-    return "meta", message
+def _metadata_problem(root_path: str, error: BaseException) -> tuple[str, str]:
+    """(file relative to the root, message) of an ``open_dataset`` error: its ``path`` attribute when it
+    names one, else ``"meta"`` and the whole message."""
+    if isinstance(error, StreamNodesError) and error.path is not None:
+        return relative_to(root_path, error.path) or error.path, error.detail
+    return "meta", str(error)
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def _fmt(values: Iterable[float]) -> str:
-    return "[" + ", ".join(f"{v:.6g}" for v in values) + "]"
-
-
-def _short(error: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(error).split()).split(" This should never happen.")[0]
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _ranges(values: Iterable[int]) -> str:

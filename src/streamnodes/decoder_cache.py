@@ -30,7 +30,8 @@ from typing import Any
 
 from torchcodec.decoders import VideoDecoder
 
-from streamnodes.errors import VideoDecodeError
+from streamnodes.errors import VideoDecodeError, short_text
+from streamnodes.format.fs import is_url
 
 MiB = 1 << 20
 DEFAULT_MAX_DECODERS = 16
@@ -93,10 +94,11 @@ def open_video(path: str, *, episode_index: int | None = None) -> OpenVideo:
     :class:`VideoDecodeError` naming the file (and episode) for missing, truncated or corrupt files.
     """
     where = _where(path, episode_index)
-    if "://" not in path and not os.path.exists(path):  # URLs go to FFmpeg as they are
+    if not is_url(path) and not os.path.exists(path):  # URLs go to FFmpeg as they are
         raise VideoDecodeError(
             f"{where}: video file not found. Check the dataset root and that videos/ was downloaded "
-            "completely (a partial download leaves mp4 files missing)."
+            "completely (a partial download leaves mp4 files missing).",
+            path=path, episode_index=episode_index,
         )
     try:
         decoder = VideoDecoder(path, seek_mode="approximate", num_ffmpeg_threads=1)
@@ -106,25 +108,20 @@ def open_video(path: str, *, episode_index: int | None = None) -> OpenVideo:
         width, height = meta.width, meta.height
     except (RuntimeError, ValueError, OSError) as e:
         raise VideoDecodeError(
-            f"{where}: cannot open the video ({_short(e)}). The file is truncated or corrupt; "
-            "re-download it (or delete it so the next download replaces it)."
+            f"{where}: cannot open the video ({short_text(e)}). The file is truncated or corrupt; "
+            "re-download it (or delete it so the next download replaces it).",
+            path=path, episode_index=episode_index,
         ) from e
     if not fps or not num_frames or not width or not height:
         raise VideoDecodeError(
             f"{where}: the video header has no usable frame rate/frame count/size "
             f"(average_fps={fps}, num_frames={num_frames}, {width}x{height}). The file is truncated or "
-            "corrupt; re-download it or re-encode it with LeRobot's encoder."
+            "corrupt; re-download it or re-encode it with LeRobot's encoder.",
+            path=path, episode_index=episode_index,
         )
     codec = str(meta.codec or "")
     nbytes = estimate_decoder_bytes(width, height, num_frames, codec)
     return OpenVideo(path, decoder, float(fps), int(num_frames), int(width), int(height), codec, nbytes)
-
-
-def _short(error: BaseException, limit: int = 300) -> str:
-    """torchcodec errors carry C++ source locations and a bug-report footer; keep the useful part."""
-    text = " ".join(str(error).split())
-    text = text.split(" This should never happen.")[0]
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class DecoderCache:

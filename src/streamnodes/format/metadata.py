@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -23,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streamnodes.errors import DatasetConsistencyError, DatasetFormatError
+from streamnodes.format.fs import fs_is_remote, join, url_to_fs
 from streamnodes.format.retry import with_retries
 
 log = logging.getLogger(__name__)
@@ -175,13 +175,13 @@ class DatasetMeta:
         """
         cached = self.__dict__.get("_fs")
         if cached is None or cached[0] != os.getpid():
-            cached = (os.getpid(), _filesystem(self.root)[0])
+            cached = (os.getpid(), url_to_fs(self.root)[0])
             self.__dict__["_fs"] = cached
         return cached[1]
 
     @cached_property
     def _root_path(self) -> str:
-        return _filesystem(self.root)[1]
+        return url_to_fs(self.root)[1]
 
     @property
     def is_remote(self) -> bool:
@@ -190,7 +190,7 @@ class DatasetMeta:
 
     def url(self, relative_path: str) -> str:
         """The path of a file of the dataset as the dataset's fsspec file system names it."""
-        return posixpath.join(self._root_path, relative_path)
+        return join(self._root_path, relative_path)
 
     def open(self, relative_path: str, mode: str = "rb"):  # noqa: ANN201 - fsspec file object
         return self.fs.open(self.url(relative_path), mode)
@@ -215,23 +215,12 @@ class DatasetMeta:
 # ---- opening ---------------------------------------------------------------------------------------
 
 
-def fs_is_remote(fs: fsspec.AbstractFileSystem) -> bool:
-    """True unless ``fs`` is the local file system."""
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return not ({"file", "local"} & set(protocols))
-
-
 def _read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
     """A whole (small, metadata) file; remote files in one request, retried on transient failures."""
     if not fs_is_remote(fs):
         with fs.open(path, "rb") as f:
             return f.read()
-    return with_retries(lambda: fs.cat_file(path), what=path, remote=True)
-
-
-def _filesystem(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(str(root))
-    return fs, path.rstrip("/") if path != "/" else path
+    return with_retries(lambda: fs.cat_file(path), what=path, remote=True, path=path)
 
 
 def open_dataset(root: str | Any, *, check_files: bool = True, max_threads: int = 8) -> DatasetMeta:
@@ -242,10 +231,10 @@ def open_dataset(root: str | Any, *, check_files: bool = True, max_threads: int 
     Raises :class:`~streamnodes.errors.DatasetFormatError` (or a subclass) naming the file and the fix.
     """
     root = str(root)
-    fs, root_path = _filesystem(root)
+    fs, root_path = url_to_fs(root)
 
     def url(rel: str) -> str:
-        return posixpath.join(root_path, rel)
+        return join(root_path, rel)
 
     info = _read_info(fs, url(INFO_PATH))
     features = _parse_features(info, url(INFO_PATH))
@@ -268,10 +257,11 @@ def _read_info(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
         info = json.loads(_read_bytes(fs, path))
     except FileNotFoundError:
         raise DatasetFormatError(
-            f"{path}: missing. A LeRobot v3.0 dataset root holds meta/info.json; check the root path or URL."
+            f"{path}: missing. A LeRobot v3.0 dataset root holds meta/info.json; check the root path or URL.",
+            path=path,
         ) from None
     except json.JSONDecodeError as e:
-        raise DatasetFormatError(f"{path}: not valid JSON ({e}). Re-download or re-write the dataset.") from None
+        raise DatasetFormatError(f"{path}: not valid JSON ({e}). Re-download or re-write the dataset.", path=path) from None
     version = info.get("codebase_version")
     if version != CODEBASE_VERSION:
         hint = ""
@@ -281,17 +271,19 @@ def _read_info(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
                 " --repo-id=<your/repo>` (v2.1 -> v3.0), then point streamnodes at the converted root."
             )
         raise DatasetFormatError(
-            f"{path}: codebase_version is {version!r}; streamnodes reads LeRobot {CODEBASE_VERSION} datasets.{hint}"
+            f"{path}: codebase_version is {version!r}; streamnodes reads LeRobot {CODEBASE_VERSION} datasets.{hint}",
+            path=path,
         )
     missing = [k for k in REQUIRED_INFO_KEYS if k not in info]
     if missing:
         raise DatasetFormatError(
             f"{path}: missing keys {missing}. A LeRobot v3.0 info.json has {list(REQUIRED_INFO_KEYS)}; "
-            "re-write the metadata with LeRobot's writer or streamnodes.testing.write_dataset."
+            "re-write the metadata with LeRobot's writer or streamnodes.testing.write_dataset.",
+            path=path,
         )
     if any(ft.get("dtype") == "video" for ft in info["features"].values()) and "video_path" not in info:
         raise DatasetFormatError(f"{path}: the dataset has video features but no 'video_path' template. Add it, e.g. LeRobot v3.0's "
-            "\"videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4\".")
+            "\"videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4\".", path=path)
     return info
 
 
@@ -299,7 +291,7 @@ def _parse_features(info: Mapping[str, Any], path: str) -> dict[str, Feature]:
     features = {}
     for name, spec in info["features"].items():
         if not isinstance(spec, Mapping) or "dtype" not in spec or "shape" not in spec:
-            raise DatasetFormatError(f"{path}: feature {name!r} needs 'dtype' and 'shape', got {spec!r}. Give every feature in info.json its dtype and shape.")
+            raise DatasetFormatError(f"{path}: feature {name!r} needs 'dtype' and 'shape', got {spec!r}. Give every feature in info.json its dtype and shape.", path=path)
         features[name] = Feature(name, str(spec["dtype"]), tuple(int(s) for s in spec["shape"]), spec.get("names"))
     return features
 
@@ -308,17 +300,17 @@ def _read_tasks(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, ...]:
     try:
         table = pq.read_table(pa.BufferReader(_read_bytes(fs, path)))
     except FileNotFoundError:
-        raise DatasetFormatError(f"{path}: missing. LeRobot v3.0 keeps task strings there; re-write the metadata.") from None
+        raise DatasetFormatError(f"{path}: missing. LeRobot v3.0 keeps task strings there; re-write the metadata.", path=path) from None
     except (pa.ArrowInvalid, OSError) as e:
-        raise DatasetFormatError(f"{path}: not a readable parquet file ({e}). Re-download it.") from None
+        raise DatasetFormatError(f"{path}: not a readable parquet file ({e}). Re-download it.", path=path) from None
     names = table.column_names
     text_col = "task" if "task" in names else "__index_level_0__" if "__index_level_0__" in names else None
     if "task_index" not in names or text_col is None:
-        raise DatasetFormatError(f"{path}: expected columns 'task_index' and the task string (index or 'task'), got {names}.")
+        raise DatasetFormatError(f"{path}: expected columns 'task_index' and the task string (index or 'task'), got {names}.", path=path)
     index = table.column("task_index").to_pylist()
     text = table.column(text_col).to_pylist()
     if sorted(index) != list(range(len(index))):
-        raise DatasetFormatError(f"{path}: task_index values must be 0..{len(index) - 1}, got {sorted(index)}. Re-write meta/tasks.parquet with one row per task index.")
+        raise DatasetFormatError(f"{path}: task_index values must be 0..{len(index) - 1}, got {sorted(index)}. Re-write meta/tasks.parquet with one row per task index.", path=path)
     by_index = dict(zip(index, text, strict=True))
     return tuple(str(by_index[i]) for i in range(len(index)))
 
@@ -330,7 +322,7 @@ def _read_stats(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | No
         log.warning("%s: missing; normalisation stats will be unavailable (reading frames is unaffected).", path)
         return None
     except json.JSONDecodeError as e:
-        raise DatasetFormatError(f"{path}: not valid JSON ({e}). Re-compute it or delete it.") from None
+        raise DatasetFormatError(f"{path}: not valid JSON ({e}). Re-compute it or delete it.", path=path) from None
 
 
 def _read_episodes_table(fs: fsspec.AbstractFileSystem, url, info: Mapping[str, Any]) -> tuple[pa.Table, list[str]]:
@@ -351,12 +343,13 @@ def _read_episodes_table(fs: fsspec.AbstractFileSystem, url, info: Mapping[str, 
         except FileNotFoundError:
             raise DatasetFormatError(
                 f"{path}: missing; the episodes table read so far has {rows} of total_episodes={total} "
-                "(meta/info.json). Restore the file, or fix total_episodes if episodes were removed."
+                "(meta/info.json). Restore the file, or fix total_episodes if episodes were removed.",
+                path=path,
             ) from None
         except (pa.ArrowInvalid, OSError) as e:
-            raise DatasetFormatError(f"{path}: not a readable parquet file ({e}). Re-download it.") from None
+            raise DatasetFormatError(f"{path}: not a readable parquet file ({e}). Re-download it.", path=path) from None
         if table.num_rows == 0:
-            raise DatasetFormatError(f"{path}: episodes file with no rows; remove it or re-write the metadata.")
+            raise DatasetFormatError(f"{path}: episodes file with no rows; remove it or re-write the metadata.", path=path)
         tables.append(table)
         files.append(path)
         rows += table.num_rows
@@ -378,13 +371,14 @@ def _episode_refs(
     episode_files: Sequence[str],
 ) -> tuple[EpisodeRef, ...]:
     where = episode_files[0] if len(episode_files) == 1 else f"{episode_files[0]} (+{len(episode_files) - 1} files)"
+    table_path = episode_files[0] if len(episode_files) == 1 else None  # errors' .path: the file, when it is one
     video_keys = [k for k, f in features.items() if f.is_video]
     required = ["episode_index", "length", "data/chunk_index", "data/file_index", "dataset_from_index", "dataset_to_index"]
     for key in video_keys:
         required += [f"videos/{key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
     missing = [c for c in required if c not in table.column_names]
     if missing:
-        raise DatasetFormatError(f"{where}: episodes table lacks columns {missing}; re-write the metadata with LeRobot v3.0.")
+        raise DatasetFormatError(f"{where}: episodes table lacks columns {missing}; re-write the metadata with LeRobot v3.0.", path=table_path)
     cols = {c: table.column(c).to_numpy() for c in required}
     ep_tasks = table.column("tasks").to_pylist() if "tasks" in table.column_names else [[] for _ in range(table.num_rows)]
 
@@ -392,7 +386,7 @@ def _episode_refs(
     indices = cols["episode_index"][order]
     if len(np.unique(indices)) != len(indices):
         dup = sorted({int(i) for i in indices[1:][np.diff(indices) == 0]})
-        raise DatasetConsistencyError(f"{where}: episode indices {dup} appear more than once in the episodes table. Re-write the metadata so each episode is listed once.")
+        raise DatasetConsistencyError(f"{where}: episode indices {dup} appear more than once in the episodes table. Re-write the metadata so each episode is listed once.", path=table_path)
 
     data_template = info["data_path"]
     video_template = info.get("video_path")
@@ -417,18 +411,24 @@ def _episode_refs(
         if length <= 0 or stop - start != length:
             raise DatasetConsistencyError(
                 f"{where}: episode {ep} has length {length} but index range [{start}, {stop}); "
-                "the episodes table disagrees with itself. Re-write the metadata."
+                "the episodes table disagrees with itself. Re-write the metadata.",
+                path=table_path,
+                episode_index=ep,
             )
         unknown = [t for t in ep_tasks[i] if t not in tasks]
         if unknown:
-            raise DatasetConsistencyError(f"{where}: episode {ep} lists tasks {unknown} that are not in meta/tasks.parquet. Add them to meta/tasks.parquet or fix the episode's tasks.")
+            raise DatasetConsistencyError(f"{where}: episode {ep} lists tasks {unknown} that are not in meta/tasks.parquet. Add them to meta/tasks.parquet or fix the episode's tasks.", path=table_path, episode_index=ep
+            )
         videos = []
         for key in video_keys:
             t0 = float(cols[f"videos/{key}/from_timestamp"][i])
             t1 = float(cols[f"videos/{key}/to_timestamp"][i])
             if not t1 > t0 >= 0:
                 raise DatasetConsistencyError(
-                    f"{where}: episode {ep} camera {key!r} has from_timestamp={t0}, to_timestamp={t1}; expected 0 <= from < to. Re-write the episodes table."
+                    f"{where}: episode {ep} camera {key!r} has from_timestamp={t0}, to_timestamp={t1}; expected 0 <= from < to. Re-write the episodes table.",
+                    path=table_path,
+                    episode_index=ep,
+                    camera=key,
                 )
             path = video_template.format(
                 video_key=key,
@@ -456,12 +456,14 @@ def _check_totals(meta: DatasetMeta, info_path: str) -> None:
     if meta.total_episodes != int(info["total_episodes"]):
         raise DatasetConsistencyError(
             f"{info_path}: total_episodes={info['total_episodes']} but the episodes table has "
-            f"{meta.total_episodes} rows. Fix info.json or restore the missing episodes files."
+            f"{meta.total_episodes} rows. Fix info.json or restore the missing episodes files.",
+            path=info_path,
         )
     if meta.total_frames != int(info["total_frames"]):
         raise DatasetConsistencyError(
             f"{info_path}: total_frames={info['total_frames']} but the episodes table's lengths add up to "
-            f"{meta.total_frames}. Fix info.json or the episodes table."
+            f"{meta.total_frames}. Fix info.json or the episodes table.",
+            path=info_path,
         )
     ranges = sorted((ep.dataset_from_index, ep.dataset_to_index, ep.episode_index) for ep in meta.episodes)
     expected = 0
@@ -469,6 +471,8 @@ def _check_totals(meta: DatasetMeta, info_path: str) -> None:
         if start != expected:
             raise DatasetConsistencyError(
                 f"meta/episodes: episode {ep} starts at global index {start}, expected {expected}; "
-                "global index ranges must be contiguous from 0. Re-write the episodes table."
+                "global index ranges must be contiguous from 0. Re-write the episodes table.",
+                path="meta/episodes",
+                episode_index=ep,
             )
         expected = stop

@@ -79,19 +79,22 @@ def read_episode_columns(
             raise DatasetConsistencyError(
                 f"{path}: episode {ref.episode_index} should be row group {ref.row_group}, but the file has "
                 f"{pf.metadata.num_row_groups} row groups. Repair it with streamnodes.format.rewrite_row_groups "
-                "or re-write the episodes table."
+                "or re-write the episodes table.",
+                path=path, episode_index=ref.episode_index,
             )
         missing = [c for c in wanted if c not in pf.schema_arrow.names]
         if missing:
             raise DatasetFormatError(
                 f"{path}: episode {ref.episode_index}: columns {missing} are not in the data file "
-                f"(it has {pf.schema_arrow.names}). Ask only for features of this dataset."
+                f"(it has {pf.schema_arrow.names}). Ask only for features of this dataset.",
+                path=path, episode_index=ref.episode_index,
             )
         table = pf.read_row_group(ref.row_group, columns=wanted)  # remote: ranges retried in RetryingRangeFile
     except (pa.ArrowInvalid, OSError) as e:
         raise DatasetFormatError(
             f"{path}: episode {ref.episode_index} (row group {ref.row_group}) cannot be read ({e}). "
-            "The file is damaged; re-download or re-write it."
+            "The file is damaged; re-download or re-write it.",
+            path=path, episode_index=ref.episode_index,
         ) from None
     finally:
         if own:
@@ -99,7 +102,8 @@ def read_episode_columns(
     if table.num_rows != ref.length:
         raise DatasetConsistencyError(
             f"{path}: episode {ref.episode_index} has {table.num_rows} rows in row group {ref.row_group}, "
-            f"but length {ref.length} in the episodes table. Re-write the episodes table or the data file."
+            f"but length {ref.length} in the episodes table. Re-write the episodes table or the data file.",
+            path=path, episode_index=ref.episode_index,
         )
     out = {}
     for name in wanted:
@@ -111,6 +115,7 @@ def read_episode_columns(
         raise DatasetConsistencyError(
             f"{path}: episode {ref.episode_index} (row group {ref.row_group}) holds global index "
             f"{index[0]}..{index[-1]}, but the episodes table says [{ref.dataset_from_index}, {ref.dataset_to_index}). "
-            "Re-write the episodes table or repair the data file with rewrite_row_groups."
+            "Re-write the episodes table or repair the data file with rewrite_row_groups.",
+            path=path, episode_index=ref.episode_index,
         )
     return out

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from streamnodes.errors import DownloadError
+from streamnodes.errors import DownloadError, short_text
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,15 @@ def with_retries(
     backoff_s: float = BACKOFF_S,
     max_backoff_s: float = MAX_BACKOFF_S,
     sleep: Callable[[float], None] = time.sleep,
+    path: str | None = None,
 ) -> T:
     """Run ``fn``; for remote files retry transient failures up to ``retries`` times with backoff.
 
     Retry ``k`` first waits ``min(max_backoff_s, backoff_s * 2**(k-1))`` seconds through ``sleep``, once
     per retry: a caller may count retries there, or raise from it to stop waiting (a closed cache).
 
-    When the retries are used up, :class:`DownloadError` names ``what`` and the last error. Permanent errors
+    When the retries are used up, :class:`DownloadError` names ``what`` and the last error (its ``path``
+    attribute is ``path``, the file being read). Permanent errors
     (a missing file, a corrupt footer) are raised at once, unchanged, for the caller to word.
     """
     attempt = 0
@@ -90,7 +92,8 @@ def with_retries(
                 raise DownloadError(
                     f"{what}: still failing after {retries} retries, failed {attempt} times in a row (retries={retries}) "
                     f"({_kind(error)}: "
-                    f"{' '.join(str(error).split())[:300]}). The server keeps failing; check it or retry later."
+                    f"{short_text(error)}). The server keeps failing; check it or retry later.",
+                    path=path,
                 ) from error
             delay = min(max_backoff_s, backoff_s * 2 ** (attempt - 1))
             log.info("retrying %s in %.2fs after %s (attempt %d/%d)", what, delay, type(error).__name__, attempt, retries)
@@ -113,7 +116,7 @@ class RetryingRangeFile(io.RawIOBase):
         super().__init__()
         self.fs, self.path = fs, path
         self.retries, self.backoff_s = retries, backoff_s
-        self.size = int(with_retries(lambda: fs.size(path), what=path, remote=True, retries=retries, backoff_s=backoff_s))
+        self.size = int(with_retries(lambda: fs.size(path), what=path, remote=True, retries=retries, backoff_s=backoff_s, path=path))
         self._pos = 0
 
     def readable(self) -> bool:
@@ -142,7 +145,7 @@ class RetryingRangeFile(io.RawIOBase):
                 raise ShortRead(f"got {len(data)} of {end - start} bytes")
             return data
 
-        data = with_retries(fetch, what=f"{self.path} [{start}:{end}]", remote=True, retries=self.retries, backoff_s=self.backoff_s)
+        data = with_retries(fetch, what=f"{self.path} [{start}:{end}]", remote=True, retries=self.retries, backoff_s=self.backoff_s, path=self.path)
         self._pos = end
         return data
 

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from streamnodes.errors import DatasetConsistencyError, DatasetFormatError
+from streamnodes.format.fs import fs_is_local
 from streamnodes.format.retry import RetryingRangeFile
 
 if TYPE_CHECKING:
@@ -42,14 +43,16 @@ def open_parquet(meta: DatasetMeta, relative_path: str) -> pq.ParquetFile:
         handle = RetryingRangeFile(meta.fs, path) if meta.is_remote else meta.fs.open(path, "rb")
     except FileNotFoundError:
         raise DatasetFormatError(
-            f"{path}: data file missing (the episodes table points to it). Restore or re-download it."
+            f"{path}: data file missing (the episodes table points to it). Restore or re-download it.",
+            path=path,
         ) from None
     try:
         return pq.ParquetFile(handle)
     except (pa.ArrowInvalid, OSError) as e:
         handle.close()
         raise DatasetFormatError(
-            f"{path}: not a readable parquet file (corrupt or truncated footer: {e}). Re-download or re-write it."
+            f"{path}: not a readable parquet file (corrupt or truncated footer: {e}). Re-download or re-write it.",
+            path=path,
         ) from None
 
 
@@ -63,7 +66,8 @@ def check_data_file(meta: DatasetMeta, relative_path: str, episodes: list[Episod
         if missing:
             raise DatasetFormatError(
                 f"{path}: columns {missing} are in meta/info.json features but not in this data file "
-                f"(it has {sorted(names)}). Re-write the data file or remove those features from info.json."
+                f"(it has {sorted(names)}). Re-write the data file or remove those features from info.json.",
+                path=path,
             )
         md = pf.metadata
         ep_desc = [(ep.episode_index, ep.length) for ep in episodes]
@@ -74,21 +78,24 @@ def check_data_file(meta: DatasetMeta, relative_path: str, episodes: list[Episod
                 f"{path}: holds {md.num_rows} rows in {md.num_row_groups} row groups {groups}, but the episodes "
                 f"table puts {len(episodes)} episodes (index, length) {ep_desc} with {expected_rows} rows in it: "
                 "rows are missing or extra. Restore or re-download the data file (or re-write the episodes table "
-                "if episodes were removed on purpose)."
+                "if episodes were removed on purpose).",
+                path=path,
             )
         if md.num_row_groups != len(episodes):
             raise DatasetConsistencyError(
                 f"{path}: {md.num_row_groups} row group(s) with {groups} rows, but the episodes table puts "
                 f"{len(episodes)} episodes (index, length) {ep_desc} in it; streamnodes needs one row group "
                 f"per episode (LeRobot's writer guarantees it; bulk rewrites break it). Repair the file with "
-                f"streamnodes.format.rewrite_row_groups({path!r})."
+                f"streamnodes.format.rewrite_row_groups({path!r}).",
+                path=path,
             )
         for i, ep in enumerate(episodes):
             if groups[i] != ep.length:
                 raise DatasetConsistencyError(
                     f"{path}: episode {ep.episode_index} is row group {i} with {groups[i]} rows, but has length "
                     f"{ep.length} in the episodes table. The table disagrees with the data: re-write the "
-                    "episodes table (meta/episodes/) from the data files."
+                    "episodes table (meta/episodes/) from the data files.",
+                    path=path, episode_index=ep.episode_index,
                 )
         index_col = pf.schema_arrow.get_field_index("index")
         for i, ep in enumerate(episodes):
@@ -98,7 +105,8 @@ def check_data_file(meta: DatasetMeta, relative_path: str, episodes: list[Episod
                 raise DatasetConsistencyError(
                     f"{path}: row group {i} holds global index {stats.min}..{stats.max}, but episode "
                     f"{ep.episode_index} is [{ep.dataset_from_index}, {ep.dataset_to_index}) in the episodes "
-                    f"table. Re-write the episodes table or repair the file with rewrite_row_groups."
+                    f"table. Re-write the episodes table or repair the file with rewrite_row_groups.",
+                    path=path, episode_index=ep.episode_index,
                 )
     finally:
         pf.close(force=True)
@@ -133,19 +141,19 @@ def rewrite_row_groups(path: str | os.PathLike[str], out: str | os.PathLike[str]
         with fs.open(fs_src, "rb") as f:
             table = pq.read_table(f)
     except (pa.ArrowInvalid, OSError) as e:
-        raise DatasetFormatError(f"{src}: cannot read it to rewrite its row groups ({e}).") from None
+        raise DatasetFormatError(f"{src}: cannot read it to rewrite its row groups ({e}).", path=src) from None
     for col in ("episode_index", "index"):
         if col not in table.column_names:
-            raise DatasetFormatError(f"{src}: has no {col!r} column; it is not a LeRobot data file.")
+            raise DatasetFormatError(f"{src}: has no {col!r} column; it is not a LeRobot data file.", path=src)
     table = table.take(pc.sort_indices(table, sort_keys=[("index", "ascending")]))
     episodes = table.column("episode_index").to_numpy()
     bounds = np.flatnonzero(np.diff(episodes)) + 1
     starts = np.concatenate([[0], bounds]).astype(int)
     stops = np.concatenate([bounds, [len(episodes)]]).astype(int)
     if len(np.unique(episodes)) != len(starts):
-        raise DatasetConsistencyError(f"{src}: an episode's rows are not contiguous in global index; cannot split it.")
+        raise DatasetConsistencyError(f"{src}: an episode's rows are not contiguous in global index; cannot split it.", path=src)
     out_fs, fs_dst = fsspec.core.url_to_fs(dst)
-    local = "file" in (out_fs.protocol if isinstance(out_fs.protocol, tuple) else (out_fs.protocol,))
+    local = fs_is_local(out_fs)
     if local:
         fd, tmp = tempfile.mkstemp(dir=posixpath.dirname(fs_dst) or ".", suffix=".parquet.tmp")
         os.close(fd)

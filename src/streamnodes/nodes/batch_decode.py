@@ -55,7 +55,7 @@ from streamnodes.collate import (
     write_frame,
 )
 from streamnodes.decoder_cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_DECODERS, DecoderCache, MiB, open_video
-from streamnodes.errors import ConfigError, VideoDecodeError
+from streamnodes.errors import ConfigError, VideoDecodeError, short_text
 from streamnodes.nodes._state import require_keys
 from streamnodes.nodes.video_decode import _IMAGE_DTYPES, _decode_indices, _mismatch, to_torch
 from streamnodes.types import Sample, VideoQuery, resolve_video
@@ -123,7 +123,10 @@ def decode_query_into(
             f"{path} (episode {query.episode_index}, camera {query.key}): frames are "
             f"{list(frames[0].shape)} (C, H, W) but this batch's {query.key} tensor holds {list(slots.shape[1:])} "
             "(the size of the first video of this camera). Every video of one camera must have the size "
-            "of its feature in meta/info.json; re-encode this one."
+            "of its feature in meta/info.json; re-encode this one.",
+            path=path,
+            episode_index=query.episode_index,
+            camera=query.key,
         )
     for frame, positions in zip(frames, positions_of(expand, len(unique)), strict=True):
         written = write_frame(slots[positions[0]], frame)
@@ -138,8 +141,11 @@ def _decode_failed(
     """decode_query's message for a failing ``get_frames_at`` (kept word for word)."""
     return VideoDecodeError(
         f"{path} (episode {query.episode_index}, camera {query.key}): decoding frames {unique} for "
-        f"timestamps {timestamps} failed ({' '.join(str(error).split())[:300]}). The file is truncated "
-        "or corrupt; re-download it or re-encode it."
+        f"timestamps {[round(t, 6) for t in timestamps]} s failed ({short_text(error)}). The file is truncated "
+        "or corrupt; re-download it or re-encode it.",
+        path=path,
+        episode_index=query.episode_index,
+        camera=query.key,
     )
 
 

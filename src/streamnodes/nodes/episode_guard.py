@@ -9,7 +9,7 @@ import numpy as np
 from torchdata.nodes import BaseNode
 
 from streamnodes.decoder_cache import DecoderCache
-from streamnodes.errors import ConfigError, StreamNodesError
+from streamnodes.errors import ConfigError, StreamNodesError, short_text
 from streamnodes.format.metadata import DatasetMeta
 from streamnodes.nodes._state import require_keys
 from streamnodes.nodes.video_decode import decode_query
@@ -83,7 +83,7 @@ class EpisodeGuard(BaseNode[Episode]):
             except StreamNodesError as error:
                 if self.on_error == "raise":
                     raise
-                self._skip(getattr(error, "episode_index", None), error)
+                self._skip(error.episode_index, error)  # set by the reader (or None: unknown)
                 continue
             if self.on_error == "raise":
                 return episode
@@ -104,8 +104,8 @@ class EpisodeGuard(BaseNode[Episode]):
             query = VideoQuery(segment.key, episode.video_files[segment.key], episode.ref.episode_index, ends)
             decode_query(self._cache, query, tolerance_s=self.tolerance_s, timeout=self.download_timeout_s)
 
-    def _skip(self, episode_index: int | None, error: Exception) -> None:
-        reason = " ".join(str(error).split())[:500]
+    def _skip(self, episode_index: int | None, error: StreamNodesError) -> None:
+        reason = short_text(error, limit=500)
         self._skipped.append([-1 if episode_index is None else int(episode_index), f"{type(error).__name__}: {reason}"])
         log.warning("skipping episode %s (on_error='skip'): %s", episode_index, reason)
 

@@ -28,7 +28,7 @@ import torch
 from torchdata.nodes import BaseNode
 
 from streamnodes.decoder_cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_DECODERS, DecoderCache, OpenVideo
-from streamnodes.errors import ConfigError, VideoDecodeError
+from streamnodes.errors import ConfigError, StreamNodesError, VideoDecodeError, short_text
 from streamnodes.nodes._state import require_keys
 from streamnodes.types import Sample, VideoQuery, resolve_video
 
@@ -82,10 +82,15 @@ def decode_query(
     Frame indices are ``round(t * average_fps)``, de-duplicated and sorted (padded positions repeat
     a boundary timestamp) and expanded back to the requested order; every decoded pts must lie within
     ``tolerance_s`` of its timestamp. Returns the frames and how many distinct frames were decoded.
-    Raises :class:`VideoDecodeError` naming file, episode, camera and timestamps.
+    Raises :class:`VideoDecodeError` naming file, episode, camera and timestamps (also as attributes;
+    download and open errors get the episode and camera added).
     """
-    path = resolve_video(query.file, timeout)
-    video = cache.get(path, episode_index=query.episode_index)
+    try:
+        path = resolve_video(query.file, timeout)
+        video = cache.get(path, episode_index=query.episode_index)
+    except StreamNodesError as error:
+        error.with_context(episode_index=query.episode_index, camera=query.key)
+        raise
     timestamps = query.timestamps.tolist() if isinstance(query.timestamps, np.ndarray) else list(query.timestamps)
     if not timestamps:
         raise _mismatch(video, query, timestamps, None, "no timestamps to decode")
@@ -100,8 +105,11 @@ def decode_query(
         cache.evict(path)  # a decoder that failed mid-stream is not worth keeping
         raise VideoDecodeError(
             f"{path} (episode {query.episode_index}, camera {query.key}): decoding frames {unique} for "
-            f"timestamps {timestamps} failed ({' '.join(str(e).split())[:300]}). The file is truncated "
-            "or corrupt; re-download it or re-encode it."
+            f"timestamps {[round(t, 6) for t in timestamps]} s failed ({short_text(e)}). The file is truncated "
+            "or corrupt; re-download it or re-encode it.",
+            path=path,
+            episode_index=query.episode_index,
+            camera=query.key,
         ) from e
     pts = batch.pts_seconds.tolist()
     found = pts if expand is None else [pts[i] for i in expand]
@@ -135,7 +143,10 @@ def _mismatch(
         f"{[round(t, 6) for t in requested]} s{found_text} ({why}; the video has {video.num_frames} frames "
         f"at {video.average_fps:g} fps). The episode's from_timestamp/timestamp column disagree with the "
         "video; check meta/episodes and the fps, or re-encode the video. Raise tolerance_s only if the "
-        "offset is known and harmless."
+        "offset is known and harmless.",
+        path=video.path,
+        episode_index=query.episode_index,
+        camera=query.key,
     )
 
 

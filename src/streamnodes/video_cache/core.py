@@ -174,7 +174,7 @@ class _Core:
         """``fn()`` through the project's retry policy; backoff waits stop when the entry is released."""
         return with_retries(
             fn, what=what, remote=True, retries=self.retries, backoff_s=self.backoff_s,
-            max_backoff_s=self.max_backoff_s, sleep=lambda delay: self._back_off(entry, delay),
+            max_backoff_s=self.max_backoff_s, sleep=lambda delay: self._back_off(entry, delay), path=entry.url,
         )
 
     def _back_off(self, entry: Entry, delay: float) -> None:
@@ -268,18 +268,19 @@ class _Core:
             while not entry.done.wait(_POLL_S):
                 now = time.monotonic()
                 if self.closed:
-                    raise DownloadError(f"{entry.url}: the VideoCache was closed before the download finished.")
+                    raise DownloadError(f"{entry.url}: the VideoCache was closed before the download finished.", path=entry.url)
                 since = self.stalled_since
                 if (
                     entry.state in (EntryState.PENDING, EntryState.WAITING_SPACE)
                     and since is not None
                     and now - max(since, start) > self.space_timeout_s
                 ):
-                    raise ConfigError(self._starved_message(entry, now - max(since, start)))
+                    raise ConfigError(self._starved_message(entry, now - max(since, start)), path=entry.url)
                 if timeout is not None and now - start > timeout:
                     raise DownloadError(
                         f"{entry.url}: not downloaded after {timeout:.1f}s ({entry.state.value}); the network is "
                         "slow or the server stalls. Raise the timeout, or check the server.",
+                        path=entry.url,
                     )
         finally:
             with self.lock.held():
@@ -287,13 +288,13 @@ class _Core:
         if entry.state is EntryState.READY:
             return entry.path
         if self.closed:
-            raise DownloadError(f"{entry.url}: the VideoCache was closed; its local copies are gone.")
+            raise DownloadError(f"{entry.url}: the VideoCache was closed; its local copies are gone.", path=entry.url)
         error = entry.error
         if isinstance(error, ConfigError):
-            raise ConfigError(str(error)) from error
+            raise ConfigError(str(error), path=entry.url) from error
         if isinstance(error, DownloadError):
-            raise DownloadError(str(error)) from error
-        raise DownloadError(f"{entry.url}: download failed ({entry.state.value}): {error}") from error
+            raise DownloadError(str(error), path=entry.url) from error
+        raise DownloadError(f"{entry.url}: download failed ({entry.state.value}): {error}", path=entry.url) from error
 
     def _starved_message(self, entry: Entry, waited: float) -> str:
         with self.lock.held():

@@ -36,7 +36,7 @@ class CachedVideo:
                 still referenced file holds (raise ``max_bytes`` or lower the pool size).
         """
         if not self._finalizer.alive:
-            raise DownloadError(f"{self.url}: this handle was released; acquire the file again.")
+            raise DownloadError(f"{self.url}: this handle was released; acquire the file again.", path=self.url)
         return self._core.wait(self._entry, timeout)
 
     @property

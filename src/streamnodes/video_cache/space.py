@@ -66,6 +66,7 @@ class SpaceBudget:
                 f"{name}: {human(self.held(holder) + nbytes)} does not fit in the video cache "
                 f"(max_bytes={human(self.max_bytes)}). Raise the Prefetcher's max_bytes above the "
                 "largest video file of the dataset (several files, as many as the pool holds at once, are best).",
+                path=name,
             )
 
     def join(self, holder: Hashable) -> None:
