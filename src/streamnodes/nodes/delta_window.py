@@ -14,7 +14,7 @@ from streamnodes.errors import ConfigError
 from streamnodes.format.metadata import DatasetMeta
 from streamnodes.nodes._state import shutdown_source
 from streamnodes.types import Episode, Frame, Sample, VideoQuery
-from streamnodes.windows import delta_indices, window
+from streamnodes.windows import cut_windows, delta_indices
 
 
 class DeltaWindow(BaseNode[Sample]):
@@ -47,14 +47,6 @@ class DeltaWindow(BaseNode[Sample]):
         self.meta = meta
         self.tolerance_s = tolerance_s
         self.offsets = delta_indices(delta_timestamps, meta.fps, tolerance_s=tolerance_s, features=meta.features)
-        # Hot path: keys with equal offsets share one window per sample, and windows that fall inside the
-        # episode skip the clamp. key -> (slot in the per-sample window list, offsets, min, max).
-        distinct: dict[tuple[int, ...], int] = {}
-        self._window_of = {
-            key: (distinct.setdefault(tuple(off.tolist()), len(distinct)), off, int(off.min()), int(off.max()))
-            for key, off in self.offsets.items()
-        }
-        self._distinct_windows = len(distinct)
         self._has_video = bool(meta.video_keys)
         if meta.video_keys and "timestamp" not in meta.data_keys:
             raise ConfigError(f"{meta.root}: the dataset has cameras but no 'timestamp' column to locate frames.")
@@ -68,59 +60,37 @@ class DeltaWindow(BaseNode[Sample]):
         return self.sample(frame.episode, frame.position)
 
     def sample(self, episode: Episode, position: int) -> Sample:
-        """The sample for frame ``position`` of a resident episode."""
-        length = episode.ref.length
+        """The sample for frame ``position`` of a resident episode (windows by :func:`windows.cut_windows`)."""
         columns = episode.columns
-        windows: list[list[Any] | None] = [None] * self._distinct_windows
-        data: dict[str, Any] = {}
-        for key, column in columns.items():
-            spec = self._window_of.get(key)
-            if spec is None:
-                data[key] = column[position]
-            else:
-                rows, is_pad = self._window(windows, spec, position, length)
-                data[key] = column.take(rows, axis=0)  # == column[rows], a new array; faster on small windows
-                data[f"{key}_is_pad"] = is_pad
-        if "task_index" in columns:
-            data["task"] = self.meta.tasks[int(columns["task_index"][position])]
-        videos = {}
-        if self._has_video:
+        segments = episode.ref.videos if self._has_video else ()
+        if segments:  # each camera's frame timestamps are the timestamp column, windowed like the camera
             timestamps = columns["timestamp"]
-            for segment in episode.ref.videos:
-                key = segment.key
-                spec = self._window_of.get(key)
-                if spec is None:  # float64 arithmetic either way: the same value as the array form below
-                    query_ts = np.array([segment.from_timestamp + float(timestamps[position])])
-                else:
-                    rows, is_pad = self._window(windows, spec, position, length)
-                    data[f"{key}_is_pad"] = is_pad
-                    query_ts = segment.from_timestamp + timestamps.take(rows).astype(np.float64)
-                videos[key] = VideoQuery(
-                    key=key,
-                    file=episode.video_files[key],
-                    episode_index=episode.ref.episode_index,
-                    timestamps=query_ts,
-                    single=spec is None,
-                )
-        return Sample(episode.ref.episode_index, position, data, videos)
-
-    @staticmethod
-    def _window(
-        windows: list[list[Any] | None], spec: tuple[int, np.ndarray, int, int], position: int, length: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``windows.window(position, length, offsets)``, computed once per distinct offsets and sample
-        (a window inside the episode needs no clamp). Each caller gets its own ``is_pad`` array: items
-        never share memory between keys."""
-        slot, offsets, low, high = spec
-        cached = windows[slot]
-        if cached is None:
-            if position + low >= 0 and position + high < length:
-                rows, is_pad = position + offsets, np.zeros(len(offsets), dtype=bool)
+            columns = {**columns, **{segment.key: timestamps for segment in segments}}
+        values, is_pad = cut_windows(columns, position, episode.ref.length, self.offsets)
+        data: dict[str, Any] = {}
+        for key in episode.columns:
+            data[key] = values[key]
+            if key in is_pad:
+                data[f"{key}_is_pad"] = is_pad[key]
+        if "task_index" in episode.columns:
+            data["task"] = self.meta.tasks[int(episode.columns["task_index"][position])]
+        videos = {}
+        for segment in segments:
+            key = segment.key
+            single = key not in is_pad
+            if single:  # float64 arithmetic either way: the same value as the array form below
+                query_ts = np.array([segment.from_timestamp + float(values[key])])
             else:
-                rows, is_pad = window(position, length, offsets)
-            windows[slot] = [rows, is_pad]
-            return rows, is_pad
-        return cached[0], cached[1].copy()
+                data[f"{key}_is_pad"] = is_pad[key]
+                query_ts = segment.from_timestamp + values[key].astype(np.float64)
+            videos[key] = VideoQuery(
+                key=key,
+                file=episode.video_files[key],
+                episode_index=episode.ref.episode_index,
+                timestamps=query_ts,
+                single=single,
+            )
+        return Sample(episode.ref.episode_index, position, data, videos)
 
     def rebuilder(self, reader: EpisodeReader) -> Callable[[Sequence[tuple[int, int]]], list[Sample]]:
         """``rebuild(refs) -> samples`` for a shuffle buffer's restore: each distinct episode is read once
