@@ -11,7 +11,7 @@ from torchdata.nodes import BaseNode
 from streamnodes.decoder_cache import DecoderCache
 from streamnodes.errors import ConfigError, StreamNodesError, short_text
 from streamnodes.format.metadata import DatasetMeta
-from streamnodes.nodes._state import require_keys
+from streamnodes.nodes._state import require_keys, shutdown_source
 from streamnodes.nodes.video_decode import decode_query
 from streamnodes.types import Episode, VideoQuery
 
@@ -109,8 +109,10 @@ class EpisodeGuard(BaseNode[Episode]):
         self._skipped.append([-1 if episode_index is None else int(episode_index), f"{type(error).__name__}: {reason}"])
         log.warning("skipping episode %s (on_error='skip'): %s", episode_index, reason)
 
-    def load_episode(self, episode_index: int) -> Episode:
-        return self.source.load_episode(episode_index)  # type: ignore[attr-defined]
+    def shutdown(self) -> None:
+        """Close the probe decoders, then shut the source down."""
+        self._cache.clear()
+        shutdown_source(self.source)
 
     def get_state(self) -> dict[str, Any]:
         return {self.SOURCE_KEY: self.source.state_dict(), self.SKIPPED_KEY: [list(s) for s in self._skipped]}

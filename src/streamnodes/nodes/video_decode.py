@@ -29,7 +29,7 @@ from torchdata.nodes import BaseNode
 
 from streamnodes.decoder_cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_DECODERS, DecoderCache, OpenVideo
 from streamnodes.errors import ConfigError, StreamNodesError, VideoDecodeError, short_text
-from streamnodes.nodes._state import require_keys
+from streamnodes.nodes._state import require_keys, shutdown_source
 from streamnodes.types import Sample, VideoQuery, resolve_video
 
 _IMAGE_DTYPES = (torch.float32, torch.uint8)
@@ -230,6 +230,11 @@ class VideoDecode(BaseNode[dict[str, Any]]):
         if self._as_float:
             return frames.float().div_(255)  # == LeRobot's uint8 / 255.0, bit for bit
         return frames
+
+    def shutdown(self) -> None:
+        """Close the open decoders, then shut the source down (torchdata's shutdown chain)."""
+        self.cache.clear()
+        shutdown_source(self.source)
 
     # ---- reporting ---------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
