@@ -50,7 +50,7 @@ def run(spec: RunSpec) -> dict[str, Any]:
     """Measure one (loader, mode, num_workers); a flat, JSON-ready dict."""
     import torch
 
-    from streamnodes.format.metadata import open_dataset
+    from streamnodes.format.open import open_dataset
     from streamnodes.windows import delta_indices
 
     if spec.loader not in RUNNERS:
@@ -67,7 +67,12 @@ def run(spec: RunSpec) -> dict[str, Any]:
         "lengths": {ep.episode_index: ep.length for ep in meta.episodes},
         "offsets": camera_offsets[0],  # all cameras share the mode's window
         "cameras": len(meta.video_keys),
+        # width x height of the cameras (features' shape is [height, width, channels])
+        "image_size": "/".join(dict.fromkeys(f"{meta.features[k].shape[1]}x{meta.features[k].shape[0]}"
+                                             for k in meta.video_keys)),
     }
     result = RUNNERS[spec.loader](spec, meta, dts, ctx)
-    return {"loader": spec.loader, "mode": spec.mode, "num_workers": spec.num_workers, **result,
+    threads = spec.decode_threads if spec.loader == "streamnodes" else None
+    return {"dataset": spec.dataset, "image_size": ctx["image_size"], "loader": spec.loader, "mode": spec.mode,
+            "num_workers": spec.num_workers, "decode_threads": threads, "cores": spec.cores(), **result,
             "torch_threads": torch.get_num_threads(), "sharing_strategy": torch.multiprocessing.get_sharing_strategy()}

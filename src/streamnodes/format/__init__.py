@@ -6,8 +6,8 @@ from streamnodes.format.metadata import (
     EpisodeRef,
     Feature,
     VideoSegment,
-    open_dataset,
 )
+from streamnodes.format.open import open_dataset
 from streamnodes.format.reader import ParquetFileCache, column_to_numpy, read_episode_columns
 from streamnodes.format.validate import check_data_files, rewrite_row_groups
 

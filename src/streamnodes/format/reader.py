@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streamnodes.errors import DatasetConsistencyError, DatasetFormatError
-from streamnodes.format.validate import open_parquet
+from streamnodes.format.retry import RetryingRangeFile
 
 if TYPE_CHECKING:
     from streamnodes.format.metadata import DatasetMeta, EpisodeRef
@@ -30,6 +30,31 @@ def column_to_numpy(column: pa.ChunkedArray | pa.Array, shape: Sequence[int] = (
         inner = tuple(shape) if shape and int(np.prod(shape)) == per_row else (per_row,)
         return flat.reshape(rows, *inner)
     return array.to_numpy(zero_copy_only=False)
+
+
+def open_parquet(meta: DatasetMeta, relative_path: str) -> pq.ParquetFile:
+    """Open a data file of ``meta`` and parse its footer, with errors that name the file.
+
+    Remote files are read through :class:`~streamnodes.format.retry.RetryingRangeFile`: every ranged
+    request is retried on transient failures, and :class:`DownloadError` names the URL when the
+    retries run out.
+    """
+    path = meta.url(relative_path)
+    try:
+        handle = RetryingRangeFile(meta.fs, path) if meta.is_remote else meta.fs.open(path, "rb")
+    except FileNotFoundError:
+        raise DatasetFormatError(
+            f"{path}: data file missing (the episodes table points to it). Restore or re-download it.",
+            path=path,
+        ) from None
+    try:
+        return pq.ParquetFile(handle)
+    except (pa.ArrowInvalid, OSError) as e:
+        handle.close()
+        raise DatasetFormatError(
+            f"{path}: not a readable parquet file (corrupt or truncated footer: {e}). Re-download or re-write it.",
+            path=path,
+        ) from None
 
 
 class ParquetFileCache:

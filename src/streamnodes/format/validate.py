@@ -23,37 +23,12 @@ import pyarrow.parquet as pq
 
 from streamnodes.errors import DatasetConsistencyError, DatasetFormatError
 from streamnodes.format.fs import fs_is_local
-from streamnodes.format.retry import RetryingRangeFile
+from streamnodes.format.reader import open_parquet
 
 if TYPE_CHECKING:
-    from streamnodes.format.metadata import DatasetMeta, EpisodeRef
+    from streamnodes.format.metadata import DatasetMeta, EpisodeRef  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-
-def open_parquet(meta: DatasetMeta, relative_path: str) -> pq.ParquetFile:
-    """Open a data file of ``meta`` and parse its footer, with errors that name the file.
-
-    Remote files are read through :class:`~streamnodes.format.retry.RetryingRangeFile`: every ranged
-    request is retried on transient failures, and :class:`DownloadError` names the URL when the
-    retries run out.
-    """
-    path = meta.url(relative_path)
-    try:
-        handle = RetryingRangeFile(meta.fs, path) if meta.is_remote else meta.fs.open(path, "rb")
-    except FileNotFoundError:
-        raise DatasetFormatError(
-            f"{path}: data file missing (the episodes table points to it). Restore or re-download it.",
-            path=path,
-        ) from None
-    try:
-        return pq.ParquetFile(handle)
-    except (pa.ArrowInvalid, OSError) as e:
-        handle.close()
-        raise DatasetFormatError(
-            f"{path}: not a readable parquet file (corrupt or truncated footer: {e}). Re-download or re-write it.",
-            path=path,
-        ) from None
 
 
 def check_data_file(meta: DatasetMeta, relative_path: str, episodes: list[EpisodeRef]) -> None:

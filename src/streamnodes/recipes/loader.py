@@ -11,7 +11,8 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from streamnodes.errors import ConfigError, StateError
-from streamnodes.format.metadata import DatasetMeta, open_dataset
+from streamnodes.format.metadata import DatasetMeta
+from streamnodes.format.open import open_dataset
 from streamnodes.recipes.bridge import NodeIterableDataset
 from streamnodes.recipes.config import StreamConfig
 from streamnodes.recipes.graph import LeRobotGraph

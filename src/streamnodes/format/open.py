@@ -1,0 +1,303 @@
+"""``open_dataset``: read ``meta/`` of a LeRobot v3.0 dataset into a :class:`DatasetMeta` and validate it.
+
+Reads ``meta/info.json``, every ``meta/episodes/chunk-*/file-*.parquet``, ``meta/tasks.parquet`` and
+``meta/stats.json`` from a local path or any fsspec URL, checks them against each other, and (by
+default) checks every data file's parquet footer: one row group per episode, with the episode's row
+count and index range. Nothing here reads frame data.
+
+The format package imports in one direction: metadata <- reader <- validate <- open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from streamnodes.errors import DatasetConsistencyError, DatasetFormatError
+from streamnodes.format.fs import fs_is_remote, join, url_to_fs
+from streamnodes.format.metadata import (
+    CODEBASE_VERSION,
+    EPISODES_PATH,
+    INFO_PATH,
+    REQUIRED_INFO_KEYS,
+    STATS_PATH,
+    TASKS_PATH,
+    DatasetMeta,
+    EpisodeRef,
+    Feature,
+    VideoSegment,
+)
+from streamnodes.format.retry import with_retries
+from streamnodes.format.validate import check_data_files
+
+log = logging.getLogger(__name__)
+
+
+
+def _read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    """A whole (small, metadata) file; remote files in one request, retried on transient failures."""
+    if not fs_is_remote(fs):
+        with fs.open(path, "rb") as f:
+            return f.read()
+    return with_retries(lambda: fs.cat_file(path), what=path, remote=True, path=path)
+
+
+def open_dataset(root: str | Any, *, check_files: bool = True, max_threads: int = 8) -> DatasetMeta:
+    """Open a LeRobot v3.0 dataset at ``root`` (local path or fsspec URL) and validate its metadata.
+
+    With ``check_files`` every data file's parquet footer is read (in parallel for remote roots) to
+    check that its row groups map one to one onto its episodes and that it has every feature column.
+    Raises :class:`~streamnodes.errors.DatasetFormatError` (or a subclass) naming the file and the fix.
+    """
+    root = str(root)
+    fs, root_path = url_to_fs(root)
+
+    def url(rel: str) -> str:
+        return join(root_path, rel)
+
+    info = _read_info(fs, url(INFO_PATH))
+    features = _parse_features(info, url(INFO_PATH))
+    tasks = _read_tasks(fs, url(TASKS_PATH))
+    table, episode_files = _read_episodes_table(fs, url, info)
+    episodes = _episode_refs(table, info, features, tasks, episode_files)
+    stats = _read_stats(fs, url(STATS_PATH))
+    meta = DatasetMeta(root=root, info=info, features=features, tasks=tasks, episodes=episodes, stats=stats)
+    _check_totals(meta, url(INFO_PATH))
+    if check_files:
+
+        check_data_files(meta, max_threads=max_threads)
+    log.debug("opened %r", meta)
+    return meta
+
+
+def _read_info(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
+    try:
+        info = json.loads(_read_bytes(fs, path))
+    except FileNotFoundError:
+        raise DatasetFormatError(
+            f"{path}: missing. A LeRobot v3.0 dataset root holds meta/info.json; check the root path or URL.",
+            path=path,
+        ) from None
+    except json.JSONDecodeError as e:
+        raise DatasetFormatError(f"{path}: not valid JSON ({e}). Re-download or re-write the dataset.", path=path) from None
+    version = info.get("codebase_version")
+    if version != CODEBASE_VERSION:
+        hint = ""
+        if isinstance(version, str) and version.startswith("v2"):
+            hint = (
+                " Convert it with LeRobot: `python -m lerobot.datasets.v30.convert_dataset_v21_to_v30"
+                " --repo-id=<your/repo>` (v2.1 -> v3.0), then point streamnodes at the converted root."
+            )
+        raise DatasetFormatError(
+            f"{path}: codebase_version is {version!r}; streamnodes reads LeRobot {CODEBASE_VERSION} datasets.{hint}",
+            path=path,
+        )
+    missing = [k for k in REQUIRED_INFO_KEYS if k not in info]
+    if missing:
+        raise DatasetFormatError(
+            f"{path}: missing keys {missing}. A LeRobot v3.0 info.json has {list(REQUIRED_INFO_KEYS)}; "
+            "re-write the metadata with LeRobot's writer or streamnodes.testing.write_dataset.",
+            path=path,
+        )
+    if any(ft.get("dtype") == "video" for ft in info["features"].values()) and "video_path" not in info:
+        raise DatasetFormatError(f"{path}: the dataset has video features but no 'video_path' template. Add it, e.g. LeRobot v3.0's "
+            "\"videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4\".", path=path)
+    return info
+
+
+def _parse_features(info: Mapping[str, Any], path: str) -> dict[str, Feature]:
+    features = {}
+    for name, spec in info["features"].items():
+        if not isinstance(spec, Mapping) or "dtype" not in spec or "shape" not in spec:
+            raise DatasetFormatError(f"{path}: feature {name!r} needs 'dtype' and 'shape', got {spec!r}. Give every feature in info.json its dtype and shape.", path=path)
+        features[name] = Feature(name, str(spec["dtype"]), tuple(int(s) for s in spec["shape"]), spec.get("names"))
+    return features
+
+
+def _read_tasks(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, ...]:
+    try:
+        table = pq.read_table(pa.BufferReader(_read_bytes(fs, path)))
+    except FileNotFoundError:
+        raise DatasetFormatError(f"{path}: missing. LeRobot v3.0 keeps task strings there; re-write the metadata.", path=path) from None
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DatasetFormatError(f"{path}: not a readable parquet file ({e}). Re-download it.", path=path) from None
+    names = table.column_names
+    text_col = "task" if "task" in names else "__index_level_0__" if "__index_level_0__" in names else None
+    if "task_index" not in names or text_col is None:
+        raise DatasetFormatError(f"{path}: expected columns 'task_index' and the task string (index or 'task'), got {names}.", path=path)
+    index = table.column("task_index").to_pylist()
+    text = table.column(text_col).to_pylist()
+    if sorted(index) != list(range(len(index))):
+        raise DatasetFormatError(f"{path}: task_index values must be 0..{len(index) - 1}, got {sorted(index)}. Re-write meta/tasks.parquet with one row per task index.", path=path)
+    by_index = dict(zip(index, text, strict=True))
+    return tuple(str(by_index[i]) for i in range(len(index)))
+
+
+def _read_stats(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(_read_bytes(fs, path))
+    except FileNotFoundError:
+        log.warning("%s: missing; normalisation stats will be unavailable (reading frames is unaffected).", path)
+        return None
+    except json.JSONDecodeError as e:
+        raise DatasetFormatError(f"{path}: not valid JSON ({e}). Re-compute it or delete it.", path=path) from None
+
+
+def _read_episodes_table(fs: fsspec.AbstractFileSystem, url, info: Mapping[str, Any]) -> tuple[pa.Table, list[str]]:
+    """Read every episodes-metadata file in chunk/file order until ``total_episodes`` rows are read.
+
+    Files are found by their template rather than by listing, so the same code serves file systems
+    that cannot list directories (plain HTTP).
+    """
+    total = int(info["total_episodes"])
+    chunks_size = int(info["chunks_size"])
+    tables, files, rows = [], [], 0
+    chunk, file_index = 0, 0
+    while rows < total:
+        rel = EPISODES_PATH.format(chunk_index=chunk, file_index=file_index)
+        path = url(rel)
+        try:
+            table = pq.read_table(pa.BufferReader(_read_bytes(fs, path)))
+        except FileNotFoundError:
+            raise DatasetFormatError(
+                f"{path}: missing; the episodes table read so far has {rows} of total_episodes={total} "
+                "(meta/info.json). Restore the file, or fix total_episodes if episodes were removed.",
+                path=path,
+            ) from None
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DatasetFormatError(f"{path}: not a readable parquet file ({e}). Re-download it.", path=path) from None
+        if table.num_rows == 0:
+            raise DatasetFormatError(f"{path}: episodes file with no rows; remove it or re-write the metadata.", path=path)
+        tables.append(table)
+        files.append(path)
+        rows += table.num_rows
+        file_index += 1
+        if file_index >= chunks_size:
+            chunk, file_index = chunk + 1, 0
+    try:
+        table = pa.concat_tables(tables, promote_options="default")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:  # conflicting column types raise ArrowTypeError
+        raise DatasetFormatError(f"episodes files {files} have incompatible schemas: {e}. Re-write the episodes metadata so every file has one schema.") from None
+    return table, files
+
+
+def _episode_refs(
+    table: pa.Table,
+    info: Mapping[str, Any],
+    features: Mapping[str, Feature],
+    tasks: Sequence[str],
+    episode_files: Sequence[str],
+) -> tuple[EpisodeRef, ...]:
+    where = episode_files[0] if len(episode_files) == 1 else f"{episode_files[0]} (+{len(episode_files) - 1} files)"
+    table_path = episode_files[0] if len(episode_files) == 1 else None  # errors' .path: the file, when it is one
+    video_keys = [k for k, f in features.items() if f.is_video]
+    required = ["episode_index", "length", "data/chunk_index", "data/file_index", "dataset_from_index", "dataset_to_index"]
+    for key in video_keys:
+        required += [f"videos/{key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise DatasetFormatError(f"{where}: episodes table lacks columns {missing}; re-write the metadata with LeRobot v3.0.", path=table_path)
+    cols = {c: table.column(c).to_numpy() for c in required}
+    ep_tasks = table.column("tasks").to_pylist() if "tasks" in table.column_names else [[] for _ in range(table.num_rows)]
+
+    order = np.argsort(cols["episode_index"], kind="stable")
+    indices = cols["episode_index"][order]
+    if len(np.unique(indices)) != len(indices):
+        dup = sorted({int(i) for i in indices[1:][np.diff(indices) == 0]})
+        raise DatasetConsistencyError(f"{where}: episode indices {dup} appear more than once in the episodes table. Re-write the metadata so each episode is listed once.", path=table_path)
+
+    data_template = info["data_path"]
+    video_template = info.get("video_path")
+    # Row group of each episode: its rank among the episodes of the same data file, by index range.
+    data_files = [
+        data_template.format(chunk_index=int(c), file_index=int(f))
+        for c, f in zip(cols["data/chunk_index"], cols["data/file_index"], strict=True)
+    ]
+    row_group = np.zeros(len(data_files), dtype=np.int64)
+    by_file: dict[str, list[int]] = {}
+    for i, path in enumerate(data_files):
+        by_file.setdefault(path, []).append(i)
+    for rows in by_file.values():
+        for rank, i in enumerate(sorted(rows, key=lambda r: cols["dataset_from_index"][r])):
+            row_group[i] = rank
+
+    refs = []
+    for i in order:
+        ep = int(cols["episode_index"][i])
+        length = int(cols["length"][i])
+        start, stop = int(cols["dataset_from_index"][i]), int(cols["dataset_to_index"][i])
+        if length <= 0 or stop - start != length:
+            raise DatasetConsistencyError(
+                f"{where}: episode {ep} has length {length} but index range [{start}, {stop}); "
+                "the episodes table disagrees with itself. Re-write the metadata.",
+                path=table_path,
+                episode_index=ep,
+            )
+        unknown = [t for t in ep_tasks[i] if t not in tasks]
+        if unknown:
+            raise DatasetConsistencyError(f"{where}: episode {ep} lists tasks {unknown} that are not in meta/tasks.parquet. Add them to meta/tasks.parquet or fix the episode's tasks.", path=table_path, episode_index=ep
+            )
+        videos = []
+        for key in video_keys:
+            t0 = float(cols[f"videos/{key}/from_timestamp"][i])
+            t1 = float(cols[f"videos/{key}/to_timestamp"][i])
+            if not t1 > t0 >= 0:
+                raise DatasetConsistencyError(
+                    f"{where}: episode {ep} camera {key!r} has from_timestamp={t0}, to_timestamp={t1}; expected 0 <= from < to. Re-write the episodes table.",
+                    path=table_path,
+                    episode_index=ep,
+                    camera=key,
+                )
+            path = video_template.format(
+                video_key=key,
+                chunk_index=int(cols[f"videos/{key}/chunk_index"][i]),
+                file_index=int(cols[f"videos/{key}/file_index"][i]),
+            )
+            videos.append(VideoSegment(key, path, t0, t1))
+        refs.append(
+            EpisodeRef(
+                episode_index=ep,
+                length=length,
+                dataset_from_index=start,
+                dataset_to_index=stop,
+                data_path=data_files[i],
+                row_group=int(row_group[i]),
+                tasks=tuple(str(t) for t in ep_tasks[i]),
+                videos=tuple(videos),
+            )
+        )
+    return tuple(refs)
+
+
+def _check_totals(meta: DatasetMeta, info_path: str) -> None:
+    info = meta.info
+    if meta.total_episodes != int(info["total_episodes"]):
+        raise DatasetConsistencyError(
+            f"{info_path}: total_episodes={info['total_episodes']} but the episodes table has "
+            f"{meta.total_episodes} rows. Fix info.json or restore the missing episodes files.",
+            path=info_path,
+        )
+    if meta.total_frames != int(info["total_frames"]):
+        raise DatasetConsistencyError(
+            f"{info_path}: total_frames={info['total_frames']} but the episodes table's lengths add up to "
+            f"{meta.total_frames}. Fix info.json or the episodes table.",
+            path=info_path,
+        )
+    ranges = sorted((ep.dataset_from_index, ep.dataset_to_index, ep.episode_index) for ep in meta.episodes)
+    expected = 0
+    for start, stop, ep in ranges:
+        if start != expected:
+            raise DatasetConsistencyError(
+                f"meta/episodes: episode {ep} starts at global index {start}, expected {expected}; "
+                "global index ranges must be contiguous from 0. Re-write the episodes table.",
+                path="meta/episodes",
+                episode_index=ep,
+            )
+        expected = stop
