@@ -134,6 +134,7 @@ def run_decode_floor(spec: RunSpec, meta: Any, dts: dict[str, list[float]], ctx:
         **percentiles_ms([x for r in reports for x in r["latencies"]]),
         "peak_rss_mb": round(rss.peak / 2**20, 1),
         "cache_hit_rate": None,
+        "decode_busy": None,
         "state_bytes": None,
         "resume_s": None,
         "cpu_main_s": 0.0 if spec.num_workers else round(reports[0]["cpu"], 3),

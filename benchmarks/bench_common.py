@@ -36,6 +36,9 @@ class RunSpec:
     mode: str
     num_workers: int
     root: str
+    dataset: str = "small"  # the name of the dataset (bench_data.DATASETS) ``root`` holds
+    decode_threads: int = 1  # streamnodes: BatchDecode threads per consumer (0/1: the calling thread)
+    decode_ahead: int = 1  # streamnodes: batches decoding ahead of the one returned
     batch_size: int = 32
     warmup_batches: int = 6
     measure_batches: int = 100
@@ -53,6 +56,21 @@ class RunSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def cores(self, available: int | None = None) -> int:
+        """The CPU budget this run compares at (see :func:`cpu_budget`)."""
+        threads = self.decode_threads if self.loader == "streamnodes" else 1
+        return cpu_budget(self.num_workers, threads, available)
+
+
+def cpu_budget(num_workers: int, decode_threads: int = 1, available: int | None = None) -> int:
+    """Cores a configuration decodes on: ``max(1, workers) * max(1, threads)``, at most the machine's.
+
+    Runs are compared with the decode floor of as many processes (``decode_floor`` with N workers is
+    N decoding processes). A DataLoader's main process, which only receives batches, is not counted.
+    """
+    available = available or os.cpu_count() or 1
+    return max(1, min(available, max(1, num_workers) * max(1, decode_threads)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -276,7 +294,8 @@ def measure_loader(make: Callable[[], Any], spec: RunSpec, lengths: dict[int, in
     total = spec.warmup_batches + spec.measure_batches
     episodes: list[list[int]] = []
     frames: list[list[int]] = []
-    cache_counters: dict[int, tuple[int, int]] = {}
+    cache_counters: dict[int, tuple[Any, ...]] = {}  # worker -> (hits, misses[, decode s, frames decoded])
+    at_warmup: dict[int, tuple[Any, ...]] = {}  # the same at the worker's last warm-up batch
     times: list[float] = []
     with RssMonitor() as rss:
         t0 = time.perf_counter()
@@ -295,8 +314,10 @@ def measure_loader(make: Callable[[], Any], spec: RunSpec, lengths: dict[int, in
             frames.append(batch["frame_index"].tolist())
             stats = batch.get(STATS_KEY)
             if stats is not None:
-                w, h, m = stats.tolist()
-                cache_counters[w] = (h, m)
+                w, *values = stats.tolist() if hasattr(stats, "tolist") else list(stats)
+                cache_counters[w] = tuple(values)
+                if i < spec.warmup_batches:
+                    at_warmup[w] = tuple(values)
         cpu_end = tree_cpu()
     measured = slice(spec.warmup_batches, len(times))
     n_samples = sum(len(b) for b in episodes[measured])
@@ -306,8 +327,11 @@ def measure_loader(make: Callable[[], Any], spec: RunSpec, lengths: dict[int, in
     start = times[spec.warmup_batches - 1] if spec.warmup_batches > 0 and len(times) >= spec.warmup_batches else t0
     elapsed = (times[-1] - start) if len(times) > spec.warmup_batches else float("nan")
     latencies = list(np.diff([start, *times[measured]])) if len(times) > spec.warmup_batches else []
-    hits = sum(h for h, _ in cache_counters.values())
-    misses = sum(m for _, m in cache_counters.values())
+    hits = sum(c[0] for c in cache_counters.values())
+    misses = sum(c[1] for c in cache_counters.values())
+    decode_s = None  # decode seconds (summed over decode threads and workers) during the measured batches
+    if cache_counters and all(len(c) >= 3 for c in cache_counters.values()):
+        decode_s = sum(c[2] - at_warmup.get(w, (0, 0, 0.0))[2] for w, c in cache_counters.items())
     result = {
         "batches_measured": len(times) - spec.warmup_batches,
         "samples_measured": n_samples,
@@ -319,6 +343,9 @@ def measure_loader(make: Callable[[], Any], spec: RunSpec, lengths: dict[int, in
         **percentiles_ms(latencies),
         "peak_rss_mb": round(rss.peak / 2**20, 1),
         "cache_hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
+        # share of the measured time the decoders were busy, per core of the run's budget: how close
+        # the run keeps its decode threads fed (streamnodes only; from BatchDecode.stats())
+        "decode_busy": round(decode_s / elapsed / spec.cores(), 3) if decode_s is not None and elapsed > 0 else None,
         **shuffle_quality(episodes, lengths, seed=spec.seed),
         **cpu_fields(cpu_start or cpu_end, cpu_end, n_samples),
     }

@@ -47,11 +47,29 @@ class DatasetSpec:
         payload = json.dumps(asdict(self), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
+    def image_size(self) -> str:
+        """The cameras' sizes as ``WxH`` (width x height), joined by ``/`` when they differ."""
+        sizes = dict.fromkeys(f"{w}x{h}" for h, w in self.cameras.values())
+        return "/".join(sizes)
+
     def describe(self) -> dict:
         d = asdict(self)
         d["cameras"] = {k: f"{w}x{h}" for k, (h, w) in self.cameras.items()}  # width x height
         d["frames"] = sum(self.episode_lengths())
         return d
+
+
+# The benchmark's datasets, by name. ``small``: many short low-resolution episodes (what the loaders'
+# per-sample overhead shows on). ``large``: LeRobot's usual 640x480 at 30 fps, few episodes, so it is
+# written in a few minutes (encoding 640x480 AV1 runs ~50 frames/s on 2 cores).
+DATASETS: dict[str, DatasetSpec] = {
+    "small": DatasetSpec(),
+    "large": DatasetSpec(
+        episodes=24, min_length=120, max_length=240, fps=30,
+        cameras={"observation.images.front": (480, 640), "observation.images.wrist": (480, 640)},
+        video_files_size_in_mb=20.0,
+    ),
+}
 
 
 def ensure_dataset(spec: DatasetSpec, cache_dir: Path = CACHE_DIR) -> Path:

@@ -1,11 +1,12 @@
 """Data-loading benchmark: streamnodes against the decode floor and two baselines, same data, same run.
 
     python benchmarks/dataloading.py --out benchmarks/results          # the full matrix
-    python benchmarks/dataloading.py --quick --out /tmp/bench          # a reduced matrix (< 3 min)
+    python benchmarks/dataloading.py --quick --out /tmp/bench          # a reduced matrix (~1 min)
 
-The dataset is written once with ``streamnodes.testing.write_dataset`` and cached under
-``benchmarks/.cache/``. Each (loader, mode, num_workers) runs in a fresh subprocess, so memory,
-decoder caches and imports never carry over between runs. See docs/benchmarks.md.
+Two datasets (``bench_data.DATASETS``: ``small`` 128x96/96x96, ``large`` 640x480) are written once with
+``streamnodes.testing.write_dataset`` and cached under ``benchmarks/.cache/``. Each (dataset, mode,
+loader, num_workers, decode_threads) runs in a fresh subprocess, so memory, decoder caches and imports
+never carry over between runs. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_data import CACHE_DIR, DatasetSpec, ensure_dataset  # noqa: E402
+from bench_data import CACHE_DIR, DATASETS, DatasetSpec, ensure_dataset  # noqa: E402
 from bench_loaders import LOADERS, MODES, RunSpec, run  # noqa: E402
-from bench_report import rewrite, write_results  # noqa: E402
+from bench_report import rewrite, sort_runs, write_results  # noqa: E402
 
 log = logging.getLogger("benchmarks")
 _RESULT_PREFIX = "BENCH_RESULT "
@@ -97,13 +100,22 @@ def run_in_subprocess(spec: RunSpec, timeout: float) -> dict[str, Any]:
     )
 
 
-def _settings(args: argparse.Namespace, spec: DatasetSpec, template: RunSpec, measure: dict[str, int]) -> dict[str, Any]:
+# Measured batches per (dataset, mode): ~3-4 s of the 1-core floor each (quick: a tenth, at least 4).
+BATCHES = {("small", "single"): 400, ("small", "window"): 100, ("large", "single"): 40, ("large", "window"): 8}
+WARMUP = {"small": 6, "large": 4}  # even, so 2 workers share them
+
+
+def _settings(args: argparse.Namespace, specs: dict[str, DatasetSpec], template: RunSpec, measure: dict[str, int]) -> dict[str, Any]:
     return {
         "quick": args.quick,
-        "dataset": spec.describe(),
+        "datasets": {name: spec.describe() for name, spec in specs.items()},
         "batch_size": template.batch_size,
-        "warmup_batches": template.warmup_batches,
+        "warmup_batches": {name: WARMUP.get(name, template.warmup_batches) for name in specs},
         "measure_batches": measure,
+        "streamnodes": {"num_workers": args.workers, "decode_threads": args.threads, "decode_ahead": template.decode_ahead,
+                        "layout": "channels_last"},
+        "baseline_workers": args.baseline_workers,
+        "floor_processes": args.floor_processes,
         "episode_pool_size": template.pool_size,
         "datasets_native_frame_buffer": template.frame_buffer,
         "image_dtype": template.image_dtype,
@@ -112,68 +124,122 @@ def _settings(args: argparse.Namespace, spec: DatasetSpec, template: RunSpec, me
         "torch_threads": template.torch_threads,
         "sharing_strategy": template.sharing_strategy,
         "repeats": args.repeats,
+        "aggregate": "per row the run with the median samples/s over the repeats; x floor is the median of the "
+                     "per-repeat ratios to the floor run of the same repeat (paired)",
         "action_steps": template.action_steps,
         "window": f"{template.window_frames} frames spaced {template.window_spacing_s} s (mode window)",
-        "decoder": "torchcodec, seek_mode=approximate, num_ffmpeg_threads=1, one get_frames_at per camera and sample",
-        "decode_floor_workers": "the streamnodes run's per-worker decode lists, one process per worker, run at once",
+        "decoder": "torchcodec, seek_mode=approximate, num_ffmpeg_threads=1",
+        "decode_floor": "decode_query over the streamnodes graph's per-consumer query lists with reused decoders, "
+                        "one process per core, run at once, no loader",
+        "cores": "a run's CPU budget: max(1, num_workers) * max(1, decode_threads), at most the machine's cores; "
+                 "it is compared with the floor of as many processes",
     }
 
 
+def matrix(args: argparse.Namespace, dataset: str, mode: str) -> list[tuple[str, int, int]]:
+    """(loader, num_workers, decode_threads) of one dataset and mode, in run order."""
+    rows: list[tuple[str, int, int]] = []
+    for loader in args.loaders:
+        if loader == "streamnodes":
+            rows += [(loader, w, t) for w in args.workers for t in args.threads]
+        elif loader == "decode_floor":
+            rows += [(loader, 0 if p == 1 else p, 1) for p in args.floor_processes]
+        else:
+            rows += [(loader, w, 1) for w in args.baseline_workers]
+    return rows
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median samples/s (the lower middle one for an even count), with every repeat's
+    samples/s in ``samples_per_s_repeats`` and the first repeat's resume figures."""
+    ordered = sorted(runs, key=lambda r: r["samples_per_s"] or 0.0)
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["samples_per_s_repeats"] = [r["samples_per_s"] for r in runs]
+    for k in ("resume_s", "resume_state_bytes"):
+        if chosen.get(k) is None and runs[0].get(k) is not None:
+            chosen[k] = runs[0][k]
+    return chosen
+
+
 def run_matrix(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
-    dspec = DatasetSpec(episodes=args.episodes)
-    root = ensure_dataset(dspec, Path(args.cache_dir))
+    specs = {name: DATASETS[name] for name in args.datasets}
+    roots = {name: ensure_dataset(spec, Path(args.cache_dir)) for name, spec in specs.items()}
     machine = machine_info()
     template = RunSpec(
-        loader="", mode="", num_workers=0, root=str(root), batch_size=args.batch_size, warmup_batches=args.warmup,
+        loader="", mode="", num_workers=0, root="", batch_size=args.batch_size, warmup_batches=args.warmup or 6,
         pool_size=args.pool_size, frame_buffer=args.frame_buffer, image_dtype=args.image_dtype, seed=args.seed,
         resume=not args.no_resume, torch_threads=args.torch_threads, sharing_strategy=args.sharing_strategy,
+        decode_ahead=args.decode_ahead,
     )
-    measure = {"single": args.single_batches, "window": args.window_batches}
-    best: dict[tuple[str, str, int], dict[str, Any]] = {}
+    measure: dict[str, int] = {}
+    for (name, mode), n in BATCHES.items():
+        if name in specs and mode in args.modes:
+            override = args.single_batches if mode == "single" else args.window_batches
+            measure[f"{name}/{mode}"] = override or (max(4, n // 10) if args.quick else n)
+    repeats: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     started = time.perf_counter()
     for repeat in range(args.repeats):
-        for mode in args.modes:
-            for workers in args.workers:
-                for loader in args.loaders:
-                    spec = replace(template, loader=loader, mode=mode, num_workers=workers, measure_batches=measure[mode],
-                                   resume=template.resume and repeat == 0)
+        for name in specs:
+            for mode in args.modes:
+                for loader, workers, threads in matrix(args, name, mode):
+                    spec = replace(template, loader=loader, mode=mode, num_workers=workers, decode_threads=threads,
+                                   dataset=name, root=str(roots[name]), measure_batches=measure[f"{name}/{mode}"],
+                                   warmup_batches=args.warmup or WARMUP.get(name, 6),
+                                   resume=template.resume and repeat == 0 and loader == "streamnodes")
                     t = time.perf_counter()
                     result = run(spec) if args.in_process else run_in_subprocess(spec, args.timeout)
                     result["run_seconds"] = round(time.perf_counter() - t, 1)
+                    result["repeat"] = repeat
                     log.info(
-                        "[%d/%d] %-15s %-6s workers=%d  %8.1f samples/s  %8.1f frames/s  first %.2f s  (%.0f s)",
-                        repeat + 1, args.repeats, loader, mode, workers, result["samples_per_s"] or float("nan"),
-                        result["frames_per_s"] or float("nan"), result["first_batch_s"] or float("nan"), result["run_seconds"],
+                        "[%d/%d] %-5s %-6s %-15s workers=%d threads=%d  %8.1f samples/s  CPU %.2f ms/sample  "
+                        "cache %s  (%.0f s)",
+                        repeat + 1, args.repeats, name, mode, loader, workers, threads,
+                        result["samples_per_s"] or float("nan"), result["cpu_ms_per_sample"] or float("nan"),
+                        result["cache_hit_rate"], result["run_seconds"],
                     )
-                    key = (loader, mode, workers)
-                    previous = best.get(key)
-                    history = (previous or {}).get("samples_per_s_repeats", [])
-                    if previous is None or (result["samples_per_s"] or 0) > (previous["samples_per_s"] or 0):
-                        if previous is not None and result.get("resume_s") is None:  # resume measured on repeat 1 only
-                            for k in ("resume_s", "resume_state_bytes"):
-                                if k in previous:
-                                    result[k] = previous[k]
-                        best[key] = result
-                    best[key]["samples_per_s_repeats"] = [*history, result["samples_per_s"]]
+                    repeats.setdefault((name, mode, loader, workers, threads), []).append(result)
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     machine["benchmark_seconds"] = round(time.perf_counter() - started, 1)
-    order = {name: i for i, name in enumerate(LOADERS)}
-    runs = sorted(best.values(), key=lambda r: (MODES.index(r["mode"]), r["num_workers"], order[r["loader"]]))
-    return machine, runs, _settings(args, dspec, template, measure)
+    runs = [_median_run(rs) for rs in repeats.values()]
+    add_paired_ratios(runs, repeats)
+    return machine, sort_runs(runs), _settings(args, specs, template, measure)
+
+
+def add_paired_ratios(runs: list[dict[str, Any]], repeats: dict[tuple[Any, ...], list[dict[str, Any]]]) -> None:
+    """``ratio_to_floor``: the median over repeats of samples/s over the same repeat's floor of the
+    same dataset, mode and cores (runs of one repeat are minutes apart, repeats are not)."""
+    floors: dict[tuple[Any, ...], dict[int, float]] = {}
+    for (name, mode, loader, _, _), rs in repeats.items():
+        if loader == "decode_floor":
+            for r in rs:
+                floors.setdefault((name, mode, r["cores"]), {})[r["repeat"]] = r["samples_per_s"]
+    for run_, rs in zip(runs, repeats.values(), strict=True):
+        floor = floors.get((run_["dataset"], run_["mode"], run_["cores"]), {})
+        ratios = sorted(r["samples_per_s"] / floor[r["repeat"]] for r in rs
+                        if r["samples_per_s"] and floor.get(r["repeat"]))
+        if ratios:
+            run_["ratio_to_floor"] = round(float(np.median(ratios)), 3)
+            run_["ratio_to_floor_repeats"] = [round(x, 3) for x in ratios]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(HERE / "results"), help="directory for results.json/.csv/.md and throughput.png")
-    p.add_argument("--quick", action="store_true", help="reduced matrix (workers 0 and 2, fewer batches): under 3 minutes")
+    p.add_argument("--quick", action="store_true", help="reduced matrix (small dataset, fewer configurations and batches)")
+    p.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=None, help="default: small large (quick: small)")
     p.add_argument("--loaders", nargs="+", choices=LOADERS, default=list(LOADERS))
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    p.add_argument("--workers", nargs="+", type=int, default=None, help="num_workers values (default 0 1 2; quick: 0 2)")
-    p.add_argument("--episodes", type=int, default=300, help="episodes in the generated dataset")
+    p.add_argument("--workers", nargs="+", type=int, default=None, help="streamnodes num_workers (default 0 1 2; quick: 0 2)")
+    p.add_argument("--threads", nargs="+", type=int, default=None, help="streamnodes decode_threads (default 1 2; quick: 1 2)")
+    p.add_argument("--decode-ahead", type=int, default=1, help="streamnodes decode_ahead")
+    p.add_argument("--baseline-workers", nargs="+", type=int, default=None,
+                   help="num_workers of map_style and datasets_native (default 0 2: one and two cores)")
+    p.add_argument("--floor-processes", nargs="+", type=int, default=None,
+                   help="decode_floor processes (default 1 .. cores, at most 2)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--warmup", type=int, default=6, help="batches before measuring (even, so workers share them)")
-    p.add_argument("--single-batches", type=int, default=None, help="measured batches in mode single (default 400; quick 40)")
-    p.add_argument("--window-batches", type=int, default=None, help="measured batches in mode window (default 100; quick 16)")
+    p.add_argument("--warmup", type=int, default=None, help="batches before measuring (default small 6, large 4)")
+    p.add_argument("--single-batches", type=int, default=None, help="measured batches in mode single (default small 400, large 40)")
+    p.add_argument("--window-batches", type=int, default=None, help="measured batches in mode window (default small 100, large 8)")
     p.add_argument("--pool-size", type=int, default=64, help="episode pool (streamnodes) = episode shuffle buffer (datasets)")
     p.add_argument("--frame-buffer", type=int, default=1000, help="datasets_native frame shuffle buffer")
     p.add_argument("--image-dtype", choices=("float32", "uint8"), default="uint8",
@@ -183,19 +249,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch.set_num_threads in the process that iterates the loader (default: torch's own)")
     p.add_argument("--sharing-strategy", choices=("file_descriptor", "file_system"), default=None,
                    help="torch.multiprocessing sharing strategy for batches from workers (default: torch's own)")
-    p.add_argument("--repeats", type=int, default=None, help="passes over the matrix; the best samples/s is kept (default 2; quick 1)")
+    p.add_argument("--repeats", type=int, default=None, help="passes over the matrix; medians are reported (default 3; quick 1)")
     p.add_argument("--no-resume", action="store_true", help="skip the resume-latency measurements")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per run before it is abandoned")
-    p.add_argument("--cache-dir", default=str(CACHE_DIR), help="where the generated dataset is cached")
+    p.add_argument("--cache-dir", default=str(CACHE_DIR), help="where the generated datasets are cached")
     p.add_argument("--replot", action="store_true", help="only re-render csv/md/png from --out's results.json")
     p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--_run", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     quick = args.quick
+    cores = os.cpu_count() or 1
+    args.datasets = args.datasets or (["small"] if quick else list(DATASETS))
     args.workers = args.workers if args.workers is not None else ([0, 2] if quick else [0, 1, 2])
-    args.single_batches = args.single_batches or (40 if quick else 400)
-    args.window_batches = args.window_batches or (16 if quick else 100)
-    args.repeats = args.repeats or (1 if quick else 2)
+    args.threads = args.threads if args.threads is not None else [1, 2]
+    args.baseline_workers = args.baseline_workers if args.baseline_workers is not None else [0, 2]
+    args.floor_processes = args.floor_processes or list(range(1, min(2, cores) + 1))
+    args.repeats = args.repeats or (1 if quick else 3)
     return args
 
 

@@ -11,29 +11,53 @@ import io
 import time
 from typing import Any
 
-from bench_common import RESUME_POINTS, RunSpec, StatsCollate, image_dtype, measure_loader
+from bench_common import RESUME_POINTS, STATS_KEY, RunSpec, image_dtype, measure_loader
+
+from streamnodes.recipes.bridge import NodeIterableDataset
 
 
-class StreamnodesCounters:
-    """(hits, misses) of the decoder cache of the graph iterating in this process: a DataLoader
-    worker's (``get_worker_info().dataset``), or without workers the loader's own ``dataset``, read
-    through ``NodeIterableDataset.decode_stats()``."""
+class _StatsIterator:
+    """``iter(dataset)`` of :class:`StatsDataset`: each batch plus ``STATS_KEY: (worker, cache hits,
+    cache misses, decode seconds, frames decoded)``, this process's cumulative ``BatchDecode.stats()``.
+    A tuple of ints, pickled with the batch: no extra shared-memory tensor per batch."""
 
-    def __init__(self) -> None:
-        self.dataset: Any = None  # set once the loader exists (main-process iteration)
-
-    def __call__(self) -> tuple[int, int] | None:
+    def __init__(self, dataset: NodeIterableDataset, inner: Any) -> None:
+        self.dataset = dataset
+        self.inner = inner
         from torch.utils.data import get_worker_info
 
         info = get_worker_info()
-        dataset = info.dataset if info is not None else self.dataset
-        stats = dataset.decode_stats() if dataset is not None else None
-        if not stats:
-            return None
-        return stats["cache"]["hits"], stats["cache"]["misses"]
+        self.worker = info.id if info is not None else 0
+
+    def __iter__(self) -> _StatsIterator:
+        return self
+
+    def __next__(self) -> Any:
+        batch = next(self.inner)
+        stats = self.dataset.decode_stats()
+        if stats:
+            cache = stats["cache"]
+            batch[STATS_KEY] = (self.worker, cache["hits"], cache["misses"], stats.get("decode_seconds", 0.0),
+                                stats.get("frames_decoded", 0))
+        return batch
 
 
-def build_streamnodes(spec: RunSpec, meta: Any, dts: dict[str, list[float]], collate_fn: Any = None):  # noqa: ANN201
+class StatsDataset(NodeIterableDataset):
+    """The loader's own dataset, iterated with :class:`_StatsIterator`: the decode counters live in
+    each DataLoader worker and the batch is the only way back. The loader is built exactly as a user
+    builds it (no ``collate_fn``: batches are made by BatchDecode inside the graph); only the
+    dataset's class is switched (:func:`with_stats`), its state and graph are untouched."""
+
+    def __iter__(self) -> Any:
+        return _StatsIterator(self, super().__iter__())
+
+
+def with_stats(loader: Any) -> Any:
+    loader.dataset.__class__ = StatsDataset
+    return loader
+
+
+def build_streamnodes(spec: RunSpec, meta: Any, dts: dict[str, list[float]]):  # noqa: ANN201
     import streamnodes as sn
 
     return sn.build_loader(
@@ -45,7 +69,9 @@ def build_streamnodes(spec: RunSpec, meta: Any, dts: dict[str, list[float]], col
         seed=spec.seed,
         image_dtype=image_dtype(spec),
         max_decoders=spec.max_decoders,
-        collate_fn=collate_fn,
+        decode_threads=spec.decode_threads,
+        decode_ahead=spec.decode_ahead,
+        layout="channels_last",
     )
 
 
@@ -99,12 +125,8 @@ def resume_latency(spec: RunSpec, meta: Any, dts: dict[str, list[float]], state:
 
 
 def run_streamnodes(spec: RunSpec, meta: Any, dts: dict[str, list[float]], ctx: dict[str, Any]) -> dict[str, Any]:
-    counters = StreamnodesCounters()
-
     def make():  # noqa: ANN202
-        loader = build_streamnodes(spec, meta, dts, collate_fn=StatsCollate(counters))
-        counters.dataset = loader.dataset
-        return loader
+        return with_stats(build_streamnodes(spec, meta, dts))
 
     result, loader, it = measure_loader(make, spec, ctx["lengths"], ctx["offsets"], ctx["cameras"])
     result["state_bytes"] = state_bytes(loader.state_dict())
@@ -112,7 +134,6 @@ def run_streamnodes(spec: RunSpec, meta: Any, dts: dict[str, list[float]], ctx: 
     del it
     loader.shutdown()
     del loader
-    counters.dataset = None
     result["resume_s"] = None
     if spec.resume:
         states, _ = resume_states(spec, meta, dts)

@@ -17,12 +17,13 @@ sys.path.insert(0, str(BENCH))
 import bench_loaders  # noqa: E402
 from bench_data import DatasetSpec, ensure_dataset  # noqa: E402
 from bench_loaders import LOADERS, RunSpec, consumer_batches, run, shuffle_quality  # noqa: E402
-from bench_report import write_results  # noqa: E402
-from dataloading import machine_info, parse_args  # noqa: E402
+from bench_report import goals, write_results  # noqa: E402
+from dataloading import _median_run, add_paired_ratios, machine_info, matrix, parse_args  # noqa: E402
 
 RUN_KEYS = {
     "loader", "mode", "num_workers", "samples_per_s", "frames_per_s", "first_batch_s", "p50_ms", "p95_ms",
     "p99_ms", "peak_rss_mb", "cache_hit_rate", "state_bytes", "resume_s", "distinct_episodes_per_batch",
+    "dataset", "image_size", "decode_threads", "cores", "decode_busy",
 }
 
 
@@ -48,14 +49,19 @@ def test_every_loader_runs_and_reports(tiny_root: Path, tmp_path: Path, monkeypa
     try:
         for loader in LOADERS:
             spec = RunSpec(loader=loader, mode="window", num_workers=0, root=str(tiny_root), batch_size=8,
-                           warmup_batches=2, measure_batches=4, pool_size=3, frame_buffer=16)
+                           warmup_batches=2, measure_batches=4, pool_size=3, frame_buffer=16, dataset="tiny")
             runs.append(run(spec))
+        # batches decoded on 2 threads (BatchDecode inside the graph): compared at 2 cores
+        threaded = run(RunSpec(loader="streamnodes", mode="window", num_workers=0, decode_threads=2, root=str(tiny_root),
+                               batch_size=8, warmup_batches=2, measure_batches=4, pool_size=3, dataset="tiny", resume=False))
     finally:
         bench_loaders.release()
     by_loader = {r["loader"]: r for r in runs}
     for r in runs:
         assert set(r) >= RUN_KEYS, r["loader"]
-        assert r["mode"] == "window" and r["num_workers"] == 0
+        assert r["mode"] == "window" and r["num_workers"] == 0 and r["cores"] == 1
+        assert r["dataset"] == "tiny" and r["image_size"] == "80x64/64x64"  # width x height per camera
+        assert r["decode_threads"] == (1 if r["loader"] == "streamnodes" else None)
         assert r["samples_measured"] == 4 * 8  # every loader measures the same number of samples
         # frames per sample from the rates equals the counted frames per sample: one clock for both
         assert r["frames_per_s"] / r["samples_per_s"] == pytest.approx(r["frames_decoded"] / r["samples_measured"], rel=1e-2)
@@ -63,6 +69,10 @@ def test_every_loader_runs_and_reports(tiny_root: Path, tmp_path: Path, monkeypa
         assert 2 * 32 <= r["frames_decoded"] <= 2 * 8 * 32
     sn, floor = by_loader["streamnodes"], by_loader["decode_floor"]
     assert sn["frames_decoded"] == floor["frames_decoded"]  # the floor issues exactly streamnodes' decodes
+    assert threaded["frames_decoded"] == sn["frames_decoded"]  # the same stream, decoded on two threads
+    assert threaded["cores"] == 2 and threaded["decode_threads"] == 2 and threaded["resume_s"] is None
+    assert sn["decode_busy"] is not None and threaded["decode_busy"] is not None and floor["decode_busy"] is None
+    assert 0.0 <= threaded["cache_hit_rate"] <= 1.0  # counters from BatchDecode.stats(), no collate_fn
     assert set(sn["resume_s"]) == {"10", "50", "90"} and all(isinstance(v, float) for v in sn["resume_s"].values())
     for name in ("decode_floor", "map_style", "datasets_native"):
         assert by_loader[name]["resume_s"] is None and by_loader[name]["state_bytes"] is None
@@ -83,7 +93,9 @@ def test_every_loader_runs_and_reports(tiny_root: Path, tmp_path: Path, monkeypa
     with paths["csv"].open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(LOADERS) and rows[0]["resume_s_50"] != "" and rows[2]["resume_s_50"] == ""
-    assert "| streamnodes | window | 0 |" in paths["md"].read_text()
+    md = paths["md"].read_text()
+    assert "| tiny 80x64/64x64 | window | streamnodes | 0 | 1 | 1 |" in md
+    assert "## Goals" in md and data["goals"][0]["best"] == "w0 t1"
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -105,5 +117,57 @@ def test_shuffle_quality_reference_values() -> None:
 
 def test_quick_defaults() -> None:
     quick, full = parse_args(["--quick"]), parse_args([])
+    assert quick.datasets == ["small"] and full.datasets == ["small", "large"]
     assert quick.workers == [0, 2] and full.workers == [0, 1, 2]
-    assert quick.single_batches < full.single_batches and quick.repeats == 1
+    assert quick.threads == full.threads == [1, 2] and full.baseline_workers == [0, 2]
+    assert quick.repeats == 1 and full.repeats == 3
+
+
+def test_matrix_rows() -> None:
+    args = parse_args(["--workers", "0", "2", "--threads", "1", "2", "--floor-processes", "1", "2"])
+    rows = matrix(args, "small", "single")
+    assert rows == [
+        ("streamnodes", 0, 1), ("streamnodes", 0, 2), ("streamnodes", 2, 1), ("streamnodes", 2, 2),
+        ("decode_floor", 0, 1), ("decode_floor", 2, 1),
+        ("map_style", 0, 1), ("map_style", 2, 1), ("datasets_native", 0, 1), ("datasets_native", 2, 1),
+    ]
+
+
+def test_cpu_budget() -> None:
+    from bench_common import cpu_budget
+
+    assert [cpu_budget(w, t, 2) for w, t in ((0, 0), (0, 1), (1, 1), (0, 2), (2, 1), (1, 2), (2, 2))] == [1, 1, 1, 2, 2, 2, 2]
+    assert cpu_budget(2, 2, 8) == 4
+
+
+def _run(loader: str, workers: int, threads: int | None, cores: int, rate: float, repeat: int = 0) -> dict:
+    return {"dataset": "d", "image_size": "4x4", "mode": "single", "loader": loader, "num_workers": workers,
+            "decode_threads": threads, "cores": cores, "samples_per_s": rate, "repeat": repeat}
+
+
+def test_median_and_paired_ratios() -> None:
+    sn = [_run("streamnodes", 0, 1, 1, rate, i) for i, rate in enumerate((90.0, 50.0, 80.0))]
+    fl = [_run("decode_floor", 0, None, 1, rate, i) for i, rate in enumerate((100.0, 50.0, 200.0))]
+    sn[0]["resume_s"] = {"10": 0.1}
+    runs = [_median_run(sn), _median_run(fl)]
+    assert runs[0]["samples_per_s"] == 80.0 and runs[0]["samples_per_s_repeats"] == [90.0, 50.0, 80.0]
+    assert runs[0]["resume_s"] == {"10": 0.1}  # measured on the first repeat only
+    add_paired_ratios(runs, {("d", "single", "streamnodes", 0, 1): sn, ("d", "single", "decode_floor", 0, 1): fl})
+    assert runs[0]["ratio_to_floor_repeats"] == [0.4, 0.9, 1.0]  # 80/200, 90/100, 50/50: paired per repeat
+    assert runs[0]["ratio_to_floor"] == 0.9 and runs[1]["ratio_to_floor"] == 1.0
+
+
+def test_goals_per_cpu_budget() -> None:
+    runs = [
+        {**_run("streamnodes", 0, 1, 1, 90.0), "ratio_to_floor": 0.9},
+        {**_run("streamnodes", 1, 1, 1, 80.0), "ratio_to_floor": 0.8},
+        {**_run("streamnodes", 0, 2, 2, 150.0), "ratio_to_floor": 0.75},
+        {**_run("streamnodes", 2, 1, 2, 170.0), "ratio_to_floor": 0.85},
+        _run("map_style", 0, None, 1, 60.0), _run("map_style", 2, None, 2, 100.0),
+        _run("datasets_native", 0, None, 1, 50.0), _run("datasets_native", 2, None, 2, 120.0),
+    ]
+    one, two = goals(runs)
+    assert (one["cores"], one["best"], one["ratio_to_floor"], one["floor_met"]) == (1, "w0 t1", 0.9, True)
+    assert (one["vs_map_style"], one["vs_map_style_met"], one["vs_datasets_native"]) == (1.5, True, 1.8)
+    assert (two["cores"], two["best"], two["ratio_to_floor"], two["floor_met"]) == (2, "w2 t1", 0.85, False)
+    assert (two["vs_map_style"], two["vs_datasets_native"], two["vs_datasets_native_met"]) == (1.7, 1.42, False)
