@@ -1,8 +1,9 @@
 """Run under `accelerate launch --num_processes 2 --cpu` by test_distributed.py.
 
-argv: dataset root, output dir, mode ("run" or "resume"), stop_after (batches before saving).
+argv: dataset root, output dir, mode ("run", "resume" or "prepare"), stop_after (batches before saving).
 "run": iterate epoch 0 fully and epoch 1 fully, saving this rank's loader state after `stop_after`
-batches of epoch 1 to out/state-rank{r}.pt; "resume": restore that file and finish epoch 1.
+batches of epoch 1 to out/state-rank{r}.pt; "resume": restore that file and finish epoch 1;
+"prepare": LeRobot's habit, ``loader = accelerator.prepare(loader)``, then epoch 0 (and ``len``).
 Each rank writes out/{mode}-rank{r}.json with its batches' `index` lists per epoch.
 """
 
@@ -35,6 +36,11 @@ def main() -> None:
                 if epoch == 1 and len(batches) == stop_after:
                     torch.save(loader.state_dict(), out / f"state-rank{rank}.pt")
             record["epochs"][str(loader.epoch)] = batches
+    elif mode == "prepare":
+        prepared = accelerator.prepare(loader)
+        record["prepared_is_loader"] = prepared is loader
+        record["len"] = len(prepared)
+        record["epochs"]["0"] = [batch["index"].tolist() for batch in prepared]
     else:
         loader.load_state_dict(torch.load(out / f"state-rank{rank}.pt", weights_only=True))
         record["epochs"]["1"] = [batch["index"].tolist() for batch in loader]

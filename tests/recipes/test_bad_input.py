@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 import os
 import shutil
@@ -212,7 +214,13 @@ def test_state_from_another_dataset_or_version(clean, ds, tmp_path) -> None:
     next(it)
     state = loader.state_dict()
     restored = build_loader(other, batch_size=4, episode_pool_size=2)
-    restored.load_state_dict(state)
+    # refused in load_state_dict (the main process), naming both datasets with their episode counts
+    expected = f"saved reading {clean} ({len(LENGTHS)} episodes); this loader reads {other} (3 episodes)"
+    with pytest.raises(StateError, match=re.escape(expected)):
+        restored.load_state_dict(state)
+    # the per-consumer check stays as a second line of defence (a state edited to pass the first one)
+    edited = {**state, "streamnodes": {**state["streamnodes"], "dataset": None}}
+    restored.load_state_dict(edited)
     with pytest.raises(StateError, match="dataset: saved"):
         next(iter(restored))
     old = {**state, "streamnodes": {**state["streamnodes"], "version": 0}}

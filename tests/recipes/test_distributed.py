@@ -57,3 +57,25 @@ def test_two_ranks_under_accelerate_launch(tmp_path, lengths) -> None:
         resumed = json.loads((out / f"resume-rank{r}.json").read_text())
         assert resumed["epochs"]["1"] == runs[r]["epochs"]["1"][2:]
         assert resumed["epoch_after_resume"] == 1
+
+
+@pytest.mark.slow
+def test_accelerator_prepare_leaves_the_loader_as_it_is(tmp_path) -> None:
+    """LeRobot's habit, ``accelerator.prepare(loader)``, under two real processes: accelerate returns the
+    loader unchanged (it would otherwise re-shard a stream that is already per rank and fail to dispatch
+    string keys), and each rank reads exactly what it reads without prepare."""
+    from streamnodes.testing import write_dataset
+
+    lengths = [9, 4, 13, 6, 11, 7, 5, 10]
+    root = write_dataset(tmp_path / "ds", episode_lengths=lengths, cameras={"observation.images.cam": (64, 64)})
+    out = tmp_path / "out"
+    out.mkdir()
+    _launch(str(root), str(out), "prepare", "0")
+    for rank in range(2):
+        run = json.loads((out / f"prepare-rank{rank}.json").read_text())
+        assert run["prepared_is_loader"] is True
+        loader = build_loader(root, batch_size=4, num_workers=2, episode_pool_size=3, seed=5, rank=rank, world_size=2,
+                              delta_timestamps={"action": [0.0, 0.1, 0.2]})
+        expected = [batch["index"].tolist() for batch in loader]
+        assert run["epochs"]["0"] == expected
+        assert run["len"] == len(expected) == loader.batches_per_epoch()

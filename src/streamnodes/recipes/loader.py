@@ -16,13 +16,14 @@ from streamnodes.format.open import open_dataset
 from streamnodes.recipes.bridge import NodeIterableDataset
 from streamnodes.recipes.config import StreamConfig
 from streamnodes.recipes.graph import LeRobotGraph
-from streamnodes.recipes.state import check_header, dataset_states, write_header
+from streamnodes.recipes.state import STATE_VERSION, check_header, dataset_states, write_header
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "streamnodes"
 LOADER_KEY = "loader"
 TOPOLOGY_KEY = "topology"
+DATASET_KEY = "dataset"
 
 
 class StreamLoader(StatefulDataLoader):
@@ -35,6 +36,26 @@ class StreamLoader(StatefulDataLoader):
     """
 
     dataset: NodeIterableDataset
+
+    # ---- accelerate ---------------------------------------------------------------------------------
+    # `accelerator.prepare(loader)` (LeRobot's habit) would rebuild the loader around accelerate's own
+    # sharding and batch dispatch, which breaks a stream that already reads one disjoint share per rank
+    # (string keys cannot be dispatched; every rank would read rank 0's share). accelerate skips objects
+    # it has prepared before (`_is_accelerate_prepared`, its guard against double wrapping), so the
+    # loader declares itself prepared: `accelerator.prepare` returns it unchanged, and says so once.
+    @property
+    def _is_accelerate_prepared(self) -> bool:
+        if not getattr(self, "_told_accelerate", False):
+            self._told_accelerate = True
+            log.info(
+                "accelerator.prepare(loader): a streamnodes loader already reads this rank's share and is returned "
+                "unchanged (batches stay on the CPU; move them to accelerator.device in the training step)."
+            )
+        return True
+
+    @_is_accelerate_prepared.setter
+    def _is_accelerate_prepared(self, value: bool) -> None:  # accelerate marks what it returned
+        pass
 
     def __init__(self, dataset: NodeIterableDataset, *, graph: LeRobotGraph | None = None, **kwargs: Any) -> None:
         super().__init__(dataset, **kwargs)
@@ -56,7 +77,23 @@ class StreamLoader(StatefulDataLoader):
         inner = super().state_dict()
         finished = bool(self._iterator is not None and getattr(self._iterator, "_finished", False))
         header = write_header(self.epoch, TOPOLOGY_KEY, self._topology(), self.dataset.config_fingerprint)
-        return {STATE_KEY: {**header, "epoch_finished": finished}, LOADER_KEY: inner}
+        return {STATE_KEY: {**header, "epoch_finished": finished, DATASET_KEY: self._dataset_identity()}, LOADER_KEY: inner}
+
+    def _dataset_identity(self) -> dict[str, Any] | None:
+        if self.graph is None:
+            return None
+        meta = self.graph.meta
+        return {"fingerprint": meta.fingerprint, "root": str(meta.root), "episodes": meta.total_episodes}
+
+    def _check_dataset(self, saved: Any) -> None:
+        now = self._dataset_identity()
+        if not isinstance(saved, Mapping) or now is None or saved.get("fingerprint") == now["fingerprint"]:
+            return
+        raise StateError(
+            f"the loader state was saved reading {saved.get('root')} ({saved.get('episodes')} episodes); this loader "
+            f"reads {now['root']} ({now['episodes']} episodes), a different dataset (episodes, lengths, files or "
+            "features differ). Restore a state saved with this dataset, or start the data stream fresh."
+        )
 
     def _topology(self) -> list[int]:
         return [self.dataset.rank, self.dataset.world_size, self.num_workers]
@@ -68,6 +105,8 @@ class StreamLoader(StatefulDataLoader):
                 f"{[STATE_KEY, LOADER_KEY]}). Pass what loader.state_dict() returned."
             )
         meta = state_dict[STATE_KEY]
+        if meta.get("version") == STATE_VERSION:  # an older version is refused below, saying so
+            self._check_dataset(meta.get(DATASET_KEY))
         check_header(
             meta, TOPOLOGY_KEY, self._topology(), self.dataset.config_fingerprint,
             names=("rank", "world_size", "num_workers"),
@@ -98,6 +137,10 @@ class StreamLoader(StatefulDataLoader):
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
         self.dataset.shutdown()
+
+    def __len__(self) -> int:
+        """Batches this rank yields in the current epoch (:meth:`batches_per_epoch`, from metadata)."""
+        return self.batches_per_epoch()
 
     def samples_per_epoch(self, epoch: int | None = None) -> int:
         """Samples this rank yields in ``epoch`` (default: the current one), from metadata alone."""
