@@ -46,7 +46,11 @@ class RunSpec:
     frame_buffer: int = 1000
     seed: int = 0
     image_dtype: str = "uint8"  # or "float32" (LeRobot's /255 floats: 4x the bytes through collate and IPC)
-    max_decoders: int = 16
+    max_decoders: int = 16  # per decoding thread (see decoders_per_thread)
+    # streamnodes: True passes max_decoders * decode_threads to build_loader, so each decode thread keeps
+    # as many decoders as each floor process and baseline process; False passes max_decoders as is
+    # (build_loader splits it among the threads: max_decoders // decode_threads each)
+    decoders_per_thread: bool = True
     resume: bool = True
     action_steps: int = 16
     window_frames: int = 8

@@ -120,6 +120,8 @@ def _settings(args: argparse.Namespace, specs: dict[str, DatasetSpec], template:
         "datasets_native_frame_buffer": template.frame_buffer,
         "image_dtype": template.image_dtype,
         "max_decoders": template.max_decoders,
+        "streamnodes_max_decoders": "max_decoders x decode_threads (16 per decode thread, as each floor and baseline "
+                                    "process)" if template.decoders_per_thread else "max_decoders, split among decode threads",
         "seed": template.seed,
         "torch_threads": template.torch_threads,
         "sharing_strategy": template.sharing_strategy,
@@ -169,7 +171,7 @@ def run_matrix(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str,
         loader="", mode="", num_workers=0, root="", batch_size=args.batch_size, warmup_batches=args.warmup or 6,
         pool_size=args.pool_size, frame_buffer=args.frame_buffer, image_dtype=args.image_dtype, seed=args.seed,
         resume=not args.no_resume, torch_threads=args.torch_threads, sharing_strategy=args.sharing_strategy,
-        decode_ahead=args.decode_ahead,
+        decode_ahead=args.decode_ahead, decoders_per_thread=not args.split_decoders,
     )
     measure: dict[str, int] = {}
     for (name, mode), n in BATCHES.items():
@@ -185,7 +187,8 @@ def run_matrix(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str,
                     spec = replace(template, loader=loader, mode=mode, num_workers=workers, decode_threads=threads,
                                    dataset=name, root=str(roots[name]), measure_batches=measure[f"{name}/{mode}"],
                                    warmup_batches=args.warmup or WARMUP.get(name, 6),
-                                   resume=template.resume and repeat == 0 and loader == "streamnodes")
+                                   resume=template.resume and repeat == 0 and loader == "streamnodes"
+                                   and threads == max(args.threads))
                     t = time.perf_counter()
                     result = run(spec) if args.in_process else run_in_subprocess(spec, args.timeout)
                     result["run_seconds"] = round(time.perf_counter() - t, 1)
@@ -236,6 +239,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="num_workers of map_style and datasets_native (default 0 2: one and two cores)")
     p.add_argument("--floor-processes", nargs="+", type=int, default=None,
                    help="decode_floor processes (default 1 .. cores, at most 2)")
+    p.add_argument("--split-decoders", action="store_true",
+                   help="streamnodes: pass max_decoders (16) as is, split among decode threads (default: 16 per thread)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--warmup", type=int, default=None, help="batches before measuring (default small 6, large 4)")
     p.add_argument("--single-batches", type=int, default=None, help="measured batches in mode single (default small 400, large 40)")

@@ -68,7 +68,7 @@ def build_streamnodes(spec: RunSpec, meta: Any, dts: dict[str, list[float]]):  #
         episode_pool_size=spec.pool_size,
         seed=spec.seed,
         image_dtype=image_dtype(spec),
-        max_decoders=spec.max_decoders,
+        max_decoders=spec.max_decoders * (max(1, spec.decode_threads) if spec.decoders_per_thread else 1),
         decode_threads=spec.decode_threads,
         decode_ahead=spec.decode_ahead,
         layout="channels_last",
