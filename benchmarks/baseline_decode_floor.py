@@ -13,7 +13,7 @@ import multiprocessing as mp
 import time
 from typing import Any
 
-from bench_common import QUALITY_KEYS, RssMonitor, RunSpec, percentiles_ms
+from bench_common import QUALITY_KEYS, RssMonitor, RunSpec, other_load, percentiles_ms, system_busy
 
 
 def consumer_batches(spec: RunSpec) -> list[tuple[int, int]]:
@@ -75,6 +75,7 @@ def _floor_worker(batches: list[list[Any]], warm: int, barrier: Any, max_decoder
         barrier.wait()
     start = time.perf_counter()
     cpu_start = time.process_time()
+    busy_start = system_busy()
     last = start
     latencies = []
     frames = 0
@@ -84,9 +85,11 @@ def _floor_worker(batches: list[list[Any]], warm: int, barrier: Any, max_decoder
         now = time.perf_counter()
         latencies.append(now - last)
         last = now
+    cpu = time.process_time() - cpu_start
+    busy = system_busy() - busy_start
     cache.clear()
     results.put({"start": start, "end": last, "latencies": latencies, "frames": frames, "first": first,
-                 "cpu": time.process_time() - cpu_start})
+                 "cpu": cpu, "busy": busy})
 
 
 class _ListQueue(list):
@@ -141,4 +144,6 @@ def run_decode_floor(spec: RunSpec, meta: Any, dts: dict[str, list[float]], ctx:
         "cpu_workers_s": round(sum(r["cpu"] for r in reports), 3) if spec.num_workers else 0.0,
         "cpu_ms_per_sample": round(sum(r["cpu"] for r in reports) / measured_samples * 1e3, 4) if measured_samples else None,
         **dict.fromkeys(QUALITY_KEYS),
+        # the floor processes run over the same window: the machine's busy seconds (mean over them) minus theirs
+        "other_load": other_load(sum(r["busy"] for r in reports) / len(reports), sum(r["cpu"] for r in reports), elapsed),
     }

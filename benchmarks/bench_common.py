@@ -166,6 +166,22 @@ def tree_cpu() -> tuple[float, float]:
     return t.user + t.system, children
 
 
+def system_busy() -> float:
+    """CPU seconds all processes of the machine have used (every core, since boot)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
+
+
+def other_load(busy: float, own: float, elapsed: float) -> float | None:
+    """Cores used by everything else on the machine during a measurement of ``elapsed`` seconds, from
+    the machine's busy CPU seconds and the run's own. Runs disturbed by other work are retried."""
+    if not elapsed or elapsed != elapsed or elapsed <= 0:
+        return None
+    return round(max(0.0, busy - own) / elapsed, 3)
+
+
 def cpu_fields(start: tuple[float, float], end: tuple[float, float], samples: int) -> dict[str, float | None]:
     main, workers = end[0] - start[0], end[1] - start[1]
     per = (main + workers) / samples * 1e3 if samples else None
@@ -306,6 +322,7 @@ def measure_loader(make: Callable[[], Any], spec: RunSpec, lengths: dict[int, in
         loader = make()
         it = iter(loader)
         cpu_start = tree_cpu() if spec.warmup_batches == 0 else None
+        busy_start = system_busy()
         for i in range(total):
             try:
                 batch = next(it)
@@ -314,6 +331,7 @@ def measure_loader(make: Callable[[], Any], spec: RunSpec, lengths: dict[int, in
             times.append(time.perf_counter())
             if i + 1 == spec.warmup_batches:
                 cpu_start = tree_cpu()
+                busy_start = system_busy()
             episodes.append(batch["episode_index"].tolist())
             frames.append(batch["frame_index"].tolist())
             stats = batch.get(STATS_KEY)
@@ -323,6 +341,7 @@ def measure_loader(make: Callable[[], Any], spec: RunSpec, lengths: dict[int, in
                 if i < spec.warmup_batches:
                     at_warmup[w] = tuple(values)
         cpu_end = tree_cpu()
+        busy_end = system_busy()
     measured = slice(spec.warmup_batches, len(times))
     n_samples = sum(len(b) for b in episodes[measured])
     n_frames = sum(
@@ -353,4 +372,6 @@ def measure_loader(make: Callable[[], Any], spec: RunSpec, lengths: dict[int, in
         **shuffle_quality(episodes, lengths, seed=spec.seed),
         **cpu_fields(cpu_start or cpu_end, cpu_end, n_samples),
     }
+    own = sum(cpu_end) - sum(cpu_start or cpu_end)
+    result["other_load"] = other_load(busy_end - busy_start, own, elapsed)
     return result, loader, it

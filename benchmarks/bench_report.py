@@ -13,7 +13,7 @@ CSV_COLUMNS = (
     "frames_per_s", "first_batch_s", "p50_ms", "p95_ms", "p99_ms", "cpu_ms_per_sample", "cpu_main_s", "cpu_workers_s",
     "decode_busy", "peak_rss_mb", "cache_hit_rate", "state_bytes", "resume_s_10", "resume_s_50", "resume_s_90",
     "distinct_episodes_per_batch", "distinct_episodes_per_batch_uniform", "episode_distance", "episode_distance_uniform",
-    "samples_measured", "frames_decoded", "seconds_measured", "samples_per_s_repeats",
+    "samples_measured", "frames_decoded", "seconds_measured", "samples_per_s_repeats", "other_load", "attempts",
 )
 GOAL_FLOOR = 0.9  # streamnodes' best at a CPU budget / the floor of as many processes
 GOAL_BASELINES = 1.5  # streamnodes' best at a CPU budget / a baseline's best at the same budget
