@@ -27,10 +27,13 @@ again: the last line of a (step, rank) wins.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import os
+import shlex
+import signal
 import sys
 import time
 import warnings
@@ -79,7 +82,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log_indices", default=None, help="append '<step> <rank> <index>...' per step to this file")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
     p.add_argument("--chunk", type=int, default=10, help="action chunk length (frames predicted per sample)")
-    p.add_argument("--image_dtype", choices=("uint8", "float32"), default="float32", help="decoded frame dtype")
+    p.add_argument(
+        "--image_dtype",
+        choices=("uint8", "float32"),
+        default="uint8",
+        help="dtype of the decoded frames in the batch (uint8: 4x fewer bytes from the workers; the model "
+        "converts to float on the device)",
+    )
+    p.add_argument(
+        "--decode_threads",
+        type=int,
+        default=None,
+        help="threads decoding each batch's frames in every DataLoader worker (default: StreamConfig's)",
+    )
     p.add_argument("--drop_last", action="store_true", help="drop each worker's last partial batch")
     p.add_argument(
         "--log_every", type=int, default=0, help="also print a plain line every N steps, for logs without a terminal"
@@ -97,8 +112,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("steps", "batch_size", "chunk"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1")
-    for name in ("num_workers", "save_every", "keep_last", "log_every", "frame_shuffle_size", "threads"):
-        if getattr(args, name) < 0:
+    for name in ("num_workers", "save_every", "keep_last", "log_every", "frame_shuffle_size", "threads", "decode_threads"):
+        if (getattr(args, name) or 0) < 0:
             p.error(f"--{name} must be >= 0")
     return args
 
@@ -144,6 +159,8 @@ class ConvEncoder(nn.Module):
         )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        # uint8 frames (--image_dtype uint8) travel from the workers and to the device at a quarter of
+        # float32's bytes; they become float here, on the device.
         if image.dtype == torch.uint8:
             image = image.float() / 255.0
         return self.net(image - 0.5)
@@ -321,6 +338,7 @@ def open_stream(args: argparse.Namespace, session: Session) -> tuple[Any, Any]:
     if ACTION_KEY not in meta.features:
         raise SystemExit(f"{args.dataset} has no {ACTION_KEY!r} feature: nothing to train on")
     log.info("dataset %r", meta)
+    optional = {} if args.decode_threads is None else {"decode_threads": args.decode_threads}
     loader = streamnodes.build_loader(
         meta,
         batch_size=args.batch_size,
@@ -332,6 +350,7 @@ def open_stream(args: argparse.Namespace, session: Session) -> tuple[Any, Any]:
         seed=args.seed,
         image_dtype=torch.uint8 if args.image_dtype == "uint8" else torch.float32,
         drop_last=args.drop_last,
+        **optional,
     )
     log.info(
         "rank %d/%d: %d worker(s), %d torch thread(s), batch size %d, about %s batches per epoch, cameras %s%s",
@@ -367,11 +386,30 @@ class Resumed:
     optimizer_state: Mapping[str, Any] | None = None
 
 
+# Flags that decide which sample comes when (with the world size): a checkpoint's loader state only fits
+# them unchanged (the loader refuses it otherwise). --chunk sets the action window (delta_timestamps).
+ORDER_FLAGS = ("dataset", "seed", "episode_pool_size", "frame_shuffle_size", "chunk", "num_workers")
+# Flags that may differ between a run and its resume without saying so: where things go, how long, how loud.
+BOOKKEEPING_FLAGS = ("output_dir", "resume_from", "steps", "save_every", "keep_last", "log_indices", "log_every",
+                     "debug", "threads", "cpu")  # fmt: skip
+
+
+def changed_flags(saved: Mapping[str, Any], now: argparse.Namespace, names: Sequence[str]) -> list[str]:
+    """``--name saved -> now`` for each of ``names`` whose value differs from the saved run's."""
+    current = vars(now)
+    return [
+        f"--{name} {saved[name]} -> {current[name]}"
+        for name in names
+        if name in saved and name in current and saved[name] != current[name]
+    ]
+
+
 class Checkpointer:
     """Saves and restores this rank's checkpoints under ``--output_dir`` (``streamnodes.recipes.checkpoint``).
 
-    The loader checks a restored state itself (topology, stream configuration, version) and raises a
-    ``StateError`` that says what differs; nothing is checked twice here.
+    The loader checks a restored state itself (dataset, topology, stream configuration, version) and
+    raises a ``StateError`` that says what differs; here that message gets the script's remedy (which
+    flags differ from the checkpoint's run, or another --output_dir).
     """
 
     def __init__(self, args: argparse.Namespace, session: Session) -> None:
@@ -397,7 +435,12 @@ class Checkpointer:
         return Path(self.args.resume_from)
 
     def restore(self, loader: Any, model: Policy | None) -> Resumed:
-        """Restore the loader, the model and the torch RNG from the checkpoint to resume from, if any."""
+        """Restore the loader, the model and the torch RNG from the checkpoint to resume from, if any.
+
+        The loader first: its state names the dataset, topology and stream settings it was saved with,
+        so a checkpoint of another run is refused with that message before any model state is touched.
+        """
+        from streamnodes.errors import StateError, short_text
         from streamnodes.recipes.checkpoint import load_checkpoint
 
         path = self.resume_path()
@@ -405,16 +448,46 @@ class Checkpointer:
             return Resumed()
         checkpoint = load_checkpoint(path, self.session.rank, world_size=self.session.world_size)
         extra = checkpoint["extra"]
-        loader.load_state_dict(checkpoint["loader"])
+        saved_args = extra.get("args", {})
+        try:
+            loader.load_state_dict(checkpoint["loader"])
+        except StateError as error:
+            raise StateError(f"cannot resume from {path}: {short_text(error, None)} {self.remedy(saved_args)}") from None
         if model is not None:
             if checkpoint["model"] is None:
-                raise SystemExit(f"{path} holds no model (a --dummy checkpoint?): cannot resume training from it")
-            model.load_state_dict(checkpoint["model"])  # the optimizer's state after prepare (device)
+                raise StateError(
+                    f"cannot resume from {path}: it holds no model (written by a --dummy run). Resume it with "
+                    "--dummy, or train in another --output_dir."
+                )
+            try:
+                model.load_state_dict(checkpoint["model"])  # the optimizer's state after prepare (device)
+            except RuntimeError as error:
+                raise StateError(
+                    f"cannot resume from {path}: its model does not fit this policy ({short_text(error)}). "
+                    f"{self.remedy(saved_args)}"
+                ) from None
+        changed = changed_flags(saved_args, self.args, [k for k in saved_args if k not in BOOKKEEPING_FLAGS])
+        if changed:  # the order-shaping ones cannot be among them: the loader refused those above
+            log.warning(
+                "resuming with settings that differ from the checkpoint's run: %s. The sample stream continues "
+                "where it stopped (only %s and the world size shape its order).",
+                ", ".join(changed), ", ".join(f"--{k}" for k in ORDER_FLAGS),
+            )  # fmt: skip
         if "torch_rng" in extra:
             torch.set_rng_state(extra["torch_rng"])
         log.info("resumed from %s at step %d (loader epoch %s)", path, checkpoint["step"], extra.get("epoch"))
         self.last_saved = checkpoint["step"]
         return Resumed(checkpoint["step"], int(extra.get("samples", 0)), path, checkpoint["optimizer"])
+
+    def remedy(self, saved_args: Mapping[str, Any]) -> str:
+        """What to do about a checkpoint that does not fit this command line."""
+        now = vars(self.args)
+        differ = [f"--{k} {saved_args[k]}" for k in ORDER_FLAGS if k in saved_args and saved_args[k] != now.get(k)]
+        back = f" ({' '.join(differ)})" if differ else ""
+        return (
+            f"To continue that run, use the settings it was written with{back}; to start a new run with these "
+            f"settings, use another --output_dir than {self.output_dir}."
+        )
 
     def withdraw_after(self, step: int) -> None:
         """Checkpoints saved after the resume point belong to a rolled-back future: withdraw this rank's
@@ -478,8 +551,12 @@ def train(
     policy: Policy | None,
     checkpointer: Checkpointer,
     resumed: Resumed,
+    progress: Progress,
 ) -> Progress:
-    """Step until ``--steps``: a batch, a training step (unless --dummy), the index log, checkpoints."""
+    """Step until ``--steps``: a batch, a training step (unless --dummy), the index log, checkpoints.
+
+    ``progress`` (starting at the resumed step) is updated in place, so an interrupt can say where it stopped.
+    """
     from tqdm.auto import tqdm
 
     bar = tqdm(
@@ -492,7 +569,6 @@ def train(
         dynamic_ncols=True,
     )
     index_log = IndexLog(args.log_indices, session.rank)
-    progress = Progress(step=resumed.step)
 
     def save() -> None:
         samples = resumed.samples + progress.samples
@@ -601,17 +677,92 @@ def report(
 
 
 # ---------------------------------------------------------------------------------------------------
+# Ends without training: nothing to do, Ctrl-C.
+
+
+def nothing_to_do(args: argparse.Namespace, session: Session, resumed: Resumed) -> dict[str, Any]:
+    """The checkpoint is at or past ``--steps``: say so in one line (rank 0); no bar, no summary.json."""
+    if session.is_main:
+        ended = "the run finished at" if resumed.step == args.steps else "the checkpoint is past --steps, at"
+        print(
+            f"nothing to do: {ended} step {resumed.step} ({resumed.path}; --steps {args.steps}). To train on, pass "
+            f"a larger --steps with --resume_from auto; to start a new run, use another --output_dir.",
+            flush=True,
+        )
+    return {"steps": resumed.step, "steps_this_run": 0, "resumed_from": str(resumed.path), "nothing_to_do": True}
+
+
+@dataclass
+class Live:
+    """What a Ctrl-C needs to know, filled in as the run gets going."""
+
+    session: Session | None = None
+    loader: Any = None
+    resumed: Resumed | None = None
+    progress: Progress | None = None
+
+
+def resume_command(argv: Sequence[str], resume_from: str, world_size: int) -> str:
+    """The command line of this run with ``--resume_from resume_from`` (any earlier one replaced)."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif len(flag) > 3 and "--resume_from".startswith(flag):  # argparse accepts unique prefixes
+            skip = "=" not in arg
+        else:
+            kept.append(arg)
+    script = sys.argv[0] if Path(sys.argv[0]).name == Path(__file__).name else str(Path(__file__))
+    command = shlex.join([script, *kept, "--resume_from", resume_from])
+    return f"python {command}" if world_size == 1 else f"the same launcher (e.g. accelerate launch ...) with {command}"
+
+
+def interrupted_message(args: argparse.Namespace, argv: Sequence[str], live: Live) -> str:
+    """One line: where the run stopped, its last complete checkpoint (or none) and how to resume."""
+    from streamnodes.errors import StreamNodesError
+    from streamnodes.recipes.checkpoint import checkpoint_step, latest_checkpoint
+
+    world_size = live.session.world_size if live.session is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    if live.progress is not None:
+        where = f"at step {live.progress.step} (epoch {int(live.loader.epoch)})"
+    else:
+        where = "before the first step"
+    try:
+        latest = latest_checkpoint(args.output_dir, world_size)
+    except StreamNodesError:  # another world size's checkpoints: this run never resumed from them
+        latest = None
+    if latest is not None:
+        last = f"last complete checkpoint: {latest} (step {checkpoint_step(latest)})"
+        resume = f"resume with: {resume_command(argv, 'auto', world_size)}"
+    elif live.resumed is not None and live.resumed.path is not None:  # --resume_from a directory elsewhere
+        last = f"no complete checkpoint in {args.output_dir}; this run resumed from {live.resumed.path}"
+        resume = f"resume with: {resume_command(argv, str(live.resumed.path), world_size)}"
+    else:
+        saving = f"--save_every {args.save_every}" if args.save_every else "--save_every 0: none are saved"
+        last = f"no complete checkpoint in {args.output_dir} yet ({saving})"
+        resume = f"start again with: {resume_command(argv, 'auto', world_size)}"
+    return f"interrupted {where}; {last}; {resume}"
+
+
+# ---------------------------------------------------------------------------------------------------
 # main: parse -> set up -> checkpointer -> loop -> summary.
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    session = start_session(args)
+def run(args: argparse.Namespace, live: Live) -> dict[str, Any]:
+    """Set up, restore, train, summarize; ``live`` says how far it got."""
+    session = live.session = start_session(args)
     meta, loader = open_stream(args, session)
+    live.loader = loader
     policy, optimizer = build_policy(args, meta)
 
     checkpointer = Checkpointer(args, session)
-    resumed = checkpointer.restore(loader, policy)
+    resumed = live.resumed = checkpointer.restore(loader, policy)  # the loader's checks first
+    if resumed.step >= args.steps:
+        loader.shutdown()
+        session.accelerator.end_training()
+        return nothing_to_do(args, session, resumed)
     checkpointer.withdraw_after(resumed.step)
 
     model = policy
@@ -620,11 +771,34 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if resumed.optimizer_state is not None:
             optimizer.load_state_dict(resumed.optimizer_state)  # AcceleratedOptimizer moves it to the device
 
-    progress = train(args, session, loader, model, optimizer, policy, checkpointer, resumed)
+    progress = live.progress = Progress(step=resumed.step)
+    train(args, session, loader, model, optimizer, policy, checkpointer, resumed, progress)
     summary = summarize(args, session, loader, resumed, progress)
     report(args, session, progress, summary)
+    loader.shutdown()
     session.accelerator.end_training()
     return summary
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run; on Ctrl-C (SIGINT) stop the loader, print one line saying where and how to resume, exit 130.
+
+    A Ctrl-C in a terminal reaches the DataLoader workers too: torch's worker loop ends quietly on
+    KeyboardInterrupt, and the main process shuts them down (``loader.shutdown()``).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    live = Live()
+    try:
+        return run(args, live)
+    except KeyboardInterrupt:
+        with contextlib.suppress(ValueError):  # only the main thread may set handlers
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not interrupt the clean-up
+        if live.loader is not None:
+            live.loader.shutdown()
+        if live.session is None or live.session.is_main:
+            print(interrupted_message(args, argv, live), file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":
