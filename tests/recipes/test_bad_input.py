@@ -84,8 +84,9 @@ def test_clean_dataset_reads_every_frame(clean) -> None:
 def test_truncated_mp4_raises_naming_file_and_episode(ds) -> None:
     video = _video_files(ds)[0]
     _truncate(video, 0.3)
+    meta = open_dataset(ds, check_files=False)  # past open_dataset's early check (tests/recipes/test_early_errors.py)
     with pytest.raises(VideoDecodeError, match=rf"{video.name} \(episode \d+.*(truncated or corrupt|outside|re-download)"):
-        list(build_loader(ds, batch_size=4, episode_pool_size=1, shuffle=False))
+        list(build_loader(meta, batch_size=4, episode_pool_size=1, shuffle=False))
 
 
 def test_truncated_mp4_skipped_whole_and_reported(ds) -> None:
@@ -103,8 +104,9 @@ def test_truncated_mp4_skipped_whole_and_reported(ds) -> None:
 def test_missing_mp4_raises_and_skips(ds) -> None:
     video = _video_files(ds)[-1]
     video.unlink()
+    meta = open_dataset(ds, check_files=False)  # past open_dataset's early check (tests/recipes/test_early_errors.py)
     with pytest.raises(VideoDecodeError, match=rf"{video.name} \(episode \d+\): video file not found"):
-        list(build_loader(ds, batch_size=4))
+        list(build_loader(meta, batch_size=4))
     loader = build_loader(ds, batch_size=4, num_workers=2, on_error="skip")
     frames = _frames_by_episode(loader)
     skipped = {e for e, _ in loader.stats()["skipped"]}
@@ -232,9 +234,17 @@ def test_state_from_another_dataset_or_version(clean, ds, tmp_path) -> None:
 
 @pytest.mark.timeout(120)
 def test_worker_error_surfaces_in_main_process(ds) -> None:
-    _truncate(_video_files(ds)[0], 0.3)
-    with pytest.raises(VideoDecodeError, match=r"episode \d+"):
-        list(build_loader(ds, batch_size=4, num_workers=2))
+    """Damage after the dataset was opened (and checked) is met by a worker; the main process raises the
+    worker's own error, attributes included, not torch's "Caught ... in DataLoader worker" re-wrap."""
+    meta = open_dataset(ds)
+    damaged = _video_files(ds)[0]
+    _truncate(damaged, 0.3)
+    for batch_size in (4, None):  # the graph batches (BatchDecode), or the samples go unbatched
+        with pytest.raises(VideoDecodeError, match=r"episode \d+") as caught:
+            list(build_loader(meta, batch_size=batch_size, num_workers=2))
+        assert "Caught" not in str(caught.value) and "Traceback" not in str(caught.value)
+        assert caught.value.path is not None and caught.value.path.endswith(damaged.name)
+        assert caught.value.episode_index is not None and caught.value.camera == CAM
 
 
 @pytest.mark.timeout(120)

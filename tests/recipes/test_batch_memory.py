@@ -112,3 +112,28 @@ def test_killed_workers_leave_no_shared_memory(video_dataset) -> None:
         time.sleep(0.1)
     leaked = {name for name in _shm_entries() - before if name.startswith("torch")}
     assert leaked == set(), leaked
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_decode_thread_errors_name_file_episode_and_camera(video_dataset, tmp_path, num_workers) -> None:
+    """A video damaged after the dataset was opened fails inside a decode thread (of a worker, too); the
+    error reaching the training loop is a VideoDecodeError whose attributes name the file, episode and camera."""
+    import shutil
+
+    from streamnodes import VideoDecodeError, open_dataset
+
+    root = tmp_path / "ds"
+    shutil.copytree(video_dataset, root)
+    meta = open_dataset(root)  # opened (and checked) before the damage
+    segment = meta.episodes[2].video(CAMERAS[1])
+    damaged = root / segment.path
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 3])
+    users = {ep.episode_index for ep in meta.episodes if ep.video(CAMERAS[1]).path == segment.path}
+    loader = _loader(meta, num_workers=num_workers, decode_threads=2, shuffle=False)
+    with pytest.raises(VideoDecodeError) as caught:
+        for _ in loader:
+            pass
+    error = caught.value
+    assert error.path is not None and error.path.endswith(segment.path)
+    assert error.camera == CAMERAS[1] and error.episode_index in users
+    assert segment.path in str(error)

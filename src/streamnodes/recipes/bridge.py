@@ -15,12 +15,11 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from torch.utils.data import IterableDataset
-
+from torch.utils.data import IterableDataset, get_worker_info
 from torchdata.nodes import BaseNode
 
 from streamnodes.distributed import Consumer, rank_and_world_size, worker_and_count
-from streamnodes.errors import StateError
+from streamnodes.errors import StateError, StreamNodesError
 from streamnodes.recipes.graph import BuiltGraph
 from streamnodes.recipes.state import STATE_VERSION, check_header, write_header
 
@@ -34,17 +33,51 @@ GRAPH_KEY = "graph"
 SKIPPED_KEY = "skipped"
 
 
-class _GraphIterator(Iterator[Any]):
-    """What ``iter(dataset)`` returns: a thin iterator over the live graph, with no state of its own."""
+class WorkerError:
+    """A :class:`StreamNodesError` raised in a DataLoader worker, sent to the main process as an item.
 
-    def __init__(self, graph: BaseNode) -> None:
+    torch re-raises a worker's exception as ``Type("Caught Type in DataLoader worker process N ...
+    Original Traceback ...")``: the attributes (path, episode, camera) are lost and the user reads a
+    worker traceback. The bridge sends our errors whole instead (they pickle with their attributes),
+    and the loader raises the original in the main process (``StreamLoader``).
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: StreamNodesError) -> None:
+        self.error = error
+
+
+def _in_worker() -> bool:
+    return get_worker_info() is not None
+
+
+class _GraphIterator(Iterator[Any]):
+    """What ``iter(dataset)`` returns: a thin iterator over the live graph, with no state of its own.
+
+    In a worker, a :class:`StreamNodesError` becomes one :class:`WorkerError` item, then the iterator ends.
+    """
+
+    def __init__(self, graph: BaseNode | None, error: StreamNodesError | None = None) -> None:
         self.graph = graph
+        self.error = error
 
     def __iter__(self) -> _GraphIterator:
         return self
 
     def __next__(self) -> Any:
-        return next(self.graph)
+        if self.error is not None:
+            error, self.error, self.graph = self.error, None, None
+            return WorkerError(error)
+        if self.graph is None:
+            raise StopIteration
+        try:
+            return next(self.graph)
+        except StreamNodesError as error:
+            if not _in_worker():
+                raise
+            self.graph = None
+            return WorkerError(error)
 
 
 class NodeIterableDataset(IterableDataset):
@@ -88,6 +121,14 @@ class NodeIterableDataset(IterableDataset):
         self._epoch_is_set = True
 
     def __iter__(self) -> Iterator[Any]:
+        try:
+            return self._start()
+        except StreamNodesError as error:
+            if not _in_worker():
+                raise
+            return _GraphIterator(None, error)
+
+    def _start(self) -> Iterator[Any]:
         consumer = self.consumer()
         state, self._pending = self._pending, None
         if state is not None:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import torch
+from torch.utils.data import default_collate
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from streamnodes.errors import ConfigError, StateError
 from streamnodes.format.metadata import DatasetMeta
 from streamnodes.format.open import open_dataset
-from streamnodes.recipes.bridge import NodeIterableDataset
+from streamnodes.recipes.bridge import NodeIterableDataset, WorkerError
 from streamnodes.recipes.config import StreamConfig
 from streamnodes.recipes.graph import LeRobotGraph
 from streamnodes.recipes.state import STATE_VERSION, check_header, dataset_states, write_header
@@ -58,7 +59,9 @@ class StreamLoader(StatefulDataLoader):
         pass
 
     def __init__(self, dataset: NodeIterableDataset, *, graph: LeRobotGraph | None = None, **kwargs: Any) -> None:
-        super().__init__(dataset, **kwargs)
+        with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, which torch 2.13 deprecates
+            warnings.filterwarnings("ignore", message=r"'set_vital' is deprecated", category=UserWarning)
+            super().__init__(dataset, **kwargs)
         self.graph = graph
         self.epoch = dataset.epoch
         self._started = False
@@ -71,7 +74,8 @@ class StreamLoader(StatefulDataLoader):
             self.epoch += 1
         self._started = True
         self.dataset.set_epoch(self.epoch)
-        return super().__iter__()
+        inner = super().__iter__()
+        return _RaisingIterator(inner) if self.num_workers > 0 else inner
 
     def state_dict(self) -> dict[str, Any]:
         inner = super().state_dict()
@@ -179,6 +183,40 @@ class StreamLoader(StatefulDataLoader):
         )
 
 
+class _RaisingIterator(Iterator[Any]):
+    """The DataLoader's iterator, raising a worker's :class:`WorkerError` item as the original error here."""
+
+    def __init__(self, inner: Iterator[Any]) -> None:
+        self._inner = inner
+
+    def __iter__(self) -> _RaisingIterator:
+        return self
+
+    def __next__(self) -> Any:
+        item = next(self._inner)
+        if type(item) is WorkerError:
+            raise item.error
+        return item
+
+    def __len__(self) -> int:
+        return len(self._inner)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _error_aware(collate: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
+    """``collate`` that passes a worker's WorkerError through instead of collating it with samples."""
+
+    def collate_or_error(items: list[Any]) -> Any:
+        for item in items:
+            if type(item) is WorkerError:
+                return item
+        return collate(items)
+
+    return collate_or_error
+
+
 def build_loader(
     source: str | DatasetMeta | Any,
     config: StreamConfig | None = None,
@@ -193,6 +231,7 @@ def build_loader(
     snapshot_every_n_steps: int = 1,
     pin_memory: bool = False,
     collate_fn: Callable[[list[dict[str, Any]]], Any] | None = None,
+    revision: str | None = None,
     **settings: Any,
 ) -> StreamLoader:
     """A ``StatefulDataLoader`` of LeRobot frames from the dataset at ``source`` (path, URL or metadata).
@@ -216,11 +255,14 @@ def build_loader(
 
     ``collate_fn`` replaces the DataLoader's ``default_collate`` (it runs in the workers; collation is
     a measurable share of the per-sample cost, see docs/benchmarks.md).
+
+    ``source`` may be a Hugging Face Hub dataset id (``"lerobot/pusht"``, read from
+    ``hf://datasets/lerobot/pusht``; ``revision`` picks a branch, tag or commit), see ``open_dataset``.
     """
     config = StreamConfig.from_settings(config, **settings)
     if num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0, got {num_workers}.")
-    meta = source if isinstance(source, DatasetMeta) else open_dataset(source, check_files=config.on_error == "raise")
+    meta = source if isinstance(source, DatasetMeta) else open_dataset(source, check_files=config.on_error == "raise", revision=revision)
     config.check(meta)  # fail here, not in a worker
     # Batches are collated inside the graph (BatchDecode: frames decoded on threads straight into the batch
     # tensors) unless the caller brings a collate_fn; then samples go to the DataLoader's batching.
@@ -247,6 +289,6 @@ def build_loader(
         drop_last=False if batch_in_graph else config.drop_last,
         snapshot_every_n_steps=snapshot_every_n_steps,
         pin_memory=pin_memory,
-        collate_fn=collate_fn,
+        collate_fn=_error_aware(collate_fn or default_collate) if config.batch_size is not None and not batch_in_graph else collate_fn,
         **kwargs,
     )

@@ -50,7 +50,7 @@ def check_header(
     if before != now:
         diffs = ""
         if isinstance(before, list) and len(before) == len(now):
-            diffs = " (" + ", ".join(f"{n} saved {a}, now {b}" for n, a, b in zip(names, before, now) if a != b) + ")"
+            diffs = " (" + ", ".join(f"{n} saved {a}, now {b}" for n, a, b in zip(names, before, now, strict=True) if a != b) + ")"
         raise StateError(
             f"the loader state was saved by {topology_key} [{', '.join(names)}] = {before}; it is being restored "
             f"into {now}{diffs}. {remedy}"
