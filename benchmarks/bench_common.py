@@ -110,13 +110,14 @@ def to_image(frames, spec: RunSpec, single: bool):  # noqa: ANN001, ANN202 - ten
 
 
 class RssMonitor:
-    """Peak resident memory of this process plus all its descendants, sampled every ``interval`` s.
+    """Peak resident memory of this process plus all its descendants, sampled every ``interval`` s
+    (reading /proc for every process costs the measured process some CPU: not too often).
 
     Sums RSS, so pages shared copy-on-write between a parent and its forked workers count once per
     process (an upper bound on what the tree really uses).
     """
 
-    def __init__(self, interval: float = 0.05) -> None:
+    def __init__(self, interval: float = 0.25) -> None:
         import psutil
 
         self.interval = interval

@@ -133,7 +133,7 @@ def run_in_subprocess(spec: RunSpec, timeout: float) -> dict[str, Any]:
 
 
 # Measured batches per (dataset, mode): ~3-4 s of the 1-core floor each (quick: a tenth, at least 4).
-BATCHES = {("small", "single"): 400, ("small", "window"): 100, ("large", "single"): 40, ("large", "window"): 8}
+BATCHES = {("small", "single"): 400, ("small", "window"): 100, ("large", "single"): 40, ("large", "window"): 12}
 WARMUP = {"small": 6, "large": 4}  # even, so 2 workers share them
 
 
@@ -277,7 +277,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--warmup", type=int, default=None, help="batches before measuring (default small 6, large 4)")
     p.add_argument("--single-batches", type=int, default=None, help="measured batches in mode single (default small 400, large 40)")
-    p.add_argument("--window-batches", type=int, default=None, help="measured batches in mode window (default small 100, large 8)")
+    p.add_argument("--window-batches", type=int, default=None, help="measured batches in mode window (default small 100, large 12)")
     p.add_argument("--pool-size", type=int, default=64, help="episode pool (streamnodes) = episode shuffle buffer (datasets)")
     p.add_argument("--frame-buffer", type=int, default=1000, help="datasets_native frame shuffle buffer")
     p.add_argument("--image-dtype", choices=("float32", "uint8"), default="uint8",
@@ -290,11 +290,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="passes over the matrix; medians are reported (default 3; quick 1)")
     p.add_argument("--no-resume", action="store_true", help="skip the resume-latency measurements")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per run before it is abandoned")
-    p.add_argument("--quiet-wait", type=float, default=60.0,
+    p.add_argument("--quiet-wait", type=float, default=30.0,
                    help="before each run, wait up to this many seconds for other work to use < 0.25 cores")
     p.add_argument("--max-other-load", type=float, default=0.15,
                    help="retry a run when other work used more cores than this during its measurement")
-    p.add_argument("--retries", type=int, default=None, help="retries of a disturbed run (default 2; quick 0)")
+    p.add_argument("--retries", type=int, default=None, help="retries of a disturbed run (default 1; quick 0)")
     p.add_argument("--cache-dir", default=str(CACHE_DIR), help="where the generated datasets are cached")
     p.add_argument("--replot", action="store_true", help="only re-render csv/md/png from --out's results.json")
     p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
@@ -308,7 +308,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.baseline_workers = args.baseline_workers if args.baseline_workers is not None else [0, 2]
     args.floor_processes = args.floor_processes or list(range(1, min(2, cores) + 1))
     args.repeats = args.repeats or (1 if quick else 3)
-    args.retries = args.retries if args.retries is not None else (0 if quick else 2)
+    args.retries = args.retries if args.retries is not None else (0 if quick else 1)
     if quick:
         args.quiet_wait = min(args.quiet_wait, 5.0)
     return args

@@ -5,7 +5,7 @@
 
 Prints the functions with the most own time (``tottime``) and the cumulative time of a few known
 stages (decode, batch tensors, tabular collation, the sample pipeline). With ``--threads 2`` the
-decode threads are profiled too (``threading.setprofile``), their time added to the same table, so
+decode threads (named ``BatchDecode*``) are profiled too (``threading.setprofile``), their time added to the same table, so
 shares are of CPU-ish time summed over threads, not of wall time. Use ``--workers 0``: a profiler in
 the main process does not see DataLoader workers. See docs/benchmarks.md, "Profile".
 """
@@ -18,6 +18,7 @@ import io
 import pstats
 import sys
 import threading
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -26,19 +27,20 @@ sys.path.insert(0, str(HERE))
 from bench_data import CACHE_DIR, DATASETS, ensure_dataset  # noqa: E402
 from bench_loaders import LOADERS, MODES, RunSpec, release, run  # noqa: E402
 
-# (label, substring of "file:function") whose cumulative time is reported
+# (label, file name ending, function name) whose cumulative time is reported
 STAGES = (
-    ("decode: VideoDecoder.get_frames_at", "get_frames_at"),
-    ("decode: opening decoders", "decoder_cache.py:get"),
-    ("BatchDecode._finish (wait for and assemble a batch)", "batch_decode.py:_finish"),
-    ("BatchDecode._pull (samples of the next batch)", "batch_decode.py:_pull"),
-    ("BatchDecode._allocate (batch tensors)", "batch_decode.py:_allocate"),
-    ("collate_tabular", "batch_decode.py:collate_tabular"),
-    ("write_frame (copy into the batch)", "collate.py:write_frame"),
-    ("DeltaWindow.next", "delta_window.py:next"),
-    ("EpisodePool.next", "episode_pool.py:next"),
-    ("default_collate (tabular values, or the DataLoader's)", "collate.py:default_collate"),
-    ("decode_query (floor, baselines)", "video_decode.py:decode_query"),
+    ("decode: VideoDecoder.get_frames_at", "_video_decoder.py", "get_frames_at"),
+    ("decode: opening decoders (DecoderCache.get)", "decoder_cache.py", "get"),
+    ("BatchDecode._finish (wait for and assemble a batch)", "batch_decode.py", "_finish"),
+    ("BatchDecode._pull (the next batch's samples)", "batch_decode.py", "_pull"),
+    ("BatchDecode._allocate (batch tensors)", "batch_decode.py", "_allocate"),
+    ("BatchDecode: decode_query_into (decode + checks + copy)", "batch_decode.py", "decode_query_into"),
+    ("BatchDecode: collate_tabular", "batch_decode.py", "collate_tabular"),
+    ("write_frame (copy into the batch)", "collate.py", "write_frame"),
+    ("DeltaWindow.next", "delta_window.py", "next"),
+    ("EpisodePool.next", "episode_pool.py", "next"),
+    ("default_collate (torch)", "collate.py", "default_collate"),
+    ("decode_query (floor, baselines)", "video_decode.py", "decode_query"),
 )
 
 
@@ -59,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     thread_profiles: list[cProfile.Profile] = []
 
     def in_thread(frame, event, arg):  # noqa: ANN001, ANN202 - a setprofile hook: profile the new thread
+        if not threading.current_thread().name.startswith("BatchDecode"):  # not the benchmark's RSS monitor
+            sys.setprofile(None)
+            return
         prof = cProfile.Profile()
         thread_profiles.append(prof)
         sys.setprofile(None)
@@ -66,9 +71,11 @@ def main(argv: list[str] | None = None) -> int:
 
     threading.setprofile(in_thread)
     profiler.enable()
+    start = time.perf_counter()
     try:
         result = run(spec)
     finally:
+        wall = time.perf_counter() - start
         profiler.disable()
         threading.setprofile(None)
         release()
@@ -76,12 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     stats = pstats.Stats(profiler, stream=out)
     for prof in thread_profiles:
         stats.add(prof)
-    wall = max(v[3] for v in pstats.Stats(profiler).stats.values())  # the main thread's outermost call
     print(f"{args.loader} {args.dataset} {args.mode} workers={args.workers} threads={args.threads}: "
           f"{result['samples_per_s']} samples/s, CPU {result['cpu_ms_per_sample']} ms/sample (under the profiler)")
     print(f"\ncumulative seconds by stage, summed over threads (the run took {wall:.2f} s wall under the profiler):")
-    for label, needle in STAGES:
-        cum = sum(v[3] for (file, _, fn), v in stats.stats.items() if needle in f"{file}:{fn}")
+    for label, suffix, name in STAGES:
+        cum = sum(v[3] for (file, _, fn), v in stats.stats.items() if file.endswith(suffix) and fn == name)
         if cum:
             print(f"  {label:55s} {cum:8.2f} s")
     stats.sort_stats("tottime").print_stats(args.top)
