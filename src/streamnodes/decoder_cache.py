@@ -30,7 +30,7 @@ from typing import Any
 
 from torchcodec.decoders import VideoDecoder
 
-from streamnodes.errors import VideoDecodeError, short_text
+from streamnodes.errors import VideoDecodeError, check_hint, short_text
 from streamnodes.format.fs import is_url
 
 MiB = 1 << 20
@@ -97,7 +97,7 @@ def open_video(path: str, *, episode_index: int | None = None) -> OpenVideo:
     if not is_url(path) and not os.path.exists(path):  # URLs go to FFmpeg as they are
         raise VideoDecodeError(
             f"{where}: video file not found. Check the dataset root and that videos/ was downloaded "
-            "completely (a partial download leaves mp4 files missing).",
+            f"completely (a partial download leaves mp4 files missing). {check_hint()}",
             path=path, episode_index=episode_index,
         )
     try:
@@ -109,14 +109,14 @@ def open_video(path: str, *, episode_index: int | None = None) -> OpenVideo:
     except (RuntimeError, ValueError, OSError) as e:
         raise VideoDecodeError(
             f"{where}: cannot open the video ({short_text(e)}). The file is truncated or corrupt; "
-            "re-download it (or delete it so the next download replaces it).",
+            f"re-download it (or delete it so the next download replaces it). {check_hint()}",
             path=path, episode_index=episode_index,
         ) from e
     if not fps or not num_frames or not width or not height:
         raise VideoDecodeError(
             f"{where}: the video header has no usable frame rate/frame count/size "
             f"(average_fps={fps}, num_frames={num_frames}, {width}x{height}). The file is truncated or "
-            "corrupt; re-download it or re-encode it with LeRobot's encoder.",
+            f"corrupt; re-download it or re-encode it with LeRobot's encoder. {check_hint()}",
             path=path, episode_index=episode_index,
         )
     codec = str(meta.codec or "")

@@ -14,6 +14,17 @@ import re
 _CPP_LOCATION = re.compile(r"\b\w+, \S+\.(?:cpp|h):\d+, ")
 # ... and ends them with a bug-report footer that says nothing about the file.
 _TORCHCODEC_FOOTER = " This should never happen."
+# The closing sentence of every error about a damaged or missing data or video file (see check_hint).
+_CHECK_HINT = re.compile(r" ?Run `python -m streamnodes check [^`]*` for a report of every damaged file\.$")
+
+
+def check_hint(root: str | None = None) -> str:
+    """The sentence that ends errors about damaged or missing files: run ``streamnodes check`` on ``root``.
+
+    The loader stops at the first damaged file; ``streamnodes check`` reports all of them. ``root`` is the
+    dataset's path or URL when the raiser knows it, else the placeholder ``ROOT``.
+    """
+    return f"Run `python -m streamnodes check {root or 'ROOT'}` for a report of every damaged file."
 
 
 def short_text(error: BaseException | str, limit: int | None = 300) -> str:
@@ -76,10 +87,11 @@ class StreamNodesError(Exception):
         """The message without its leading location, for reports that name file and episode themselves.
 
         Drops ``"<path>: "`` (also ``"<path> (episode N): "`` and ``"<path> (episode N, camera C): "``),
-        then ``"episode N: "``; ``"episode N (row group K) ..."`` becomes ``"row group K ..."``. Only the
+        then ``"episode N: "``; ``"episode N (row group K) ..."`` becomes ``"row group K ..."``; the closing
+        :func:`check_hint` sentence is dropped too. Only the
         error's own attributes are matched, so a message that starts otherwise is returned whole.
         """
-        text = str(self)
+        text = _CHECK_HINT.sub("", str(self))  # reports come from `streamnodes check` itself
         if self.path is not None:
             heads = [f"{self.path}: "]
             if self.episode_index is not None:

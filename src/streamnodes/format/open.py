@@ -3,7 +3,11 @@
 Reads ``meta/info.json``, every ``meta/episodes/chunk-*/file-*.parquet``, ``meta/tasks.parquet`` and
 ``meta/stats.json`` from a local path or any fsspec URL, checks them against each other, and (by
 default) checks every data file's parquet footer: one row group per episode, with the episode's row
-count and index range. Nothing here reads frame data.
+count and index range, and that every mp4 the episodes table points to exists (and, for local
+datasets, is whole: :mod:`streamnodes.format.video_files`). Nothing here reads frame data.
+
+A root that is a Hugging Face Hub id (``"lerobot/pusht"``) and not a local path is read from the Hub
+through ``hf://datasets/...`` (:mod:`streamnodes.format.hub`).
 
 The format package imports in one direction: metadata <- reader <- validate <- open.
 """
@@ -12,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import fsspec
@@ -20,8 +26,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streamnodes.errors import DatasetConsistencyError, DatasetFormatError
+from streamnodes.errors import (
+    DatasetConsistencyError,
+    DatasetFormatError,
+    DownloadError,
+    StreamNodesError,
+    short_text,
+)
 from streamnodes.format.fs import fs_is_remote, join, url_to_fs
+from streamnodes.format.hub import is_hub_url, is_offline, resolve_root, unreachable_error
 from streamnodes.format.metadata import (
     CODEBASE_VERSION,
     EPISODES_PATH,
@@ -36,9 +49,9 @@ from streamnodes.format.metadata import (
 )
 from streamnodes.format.retry import with_retries
 from streamnodes.format.validate import check_data_files
+from streamnodes.format.video_files import check_video_files
 
 log = logging.getLogger(__name__)
-
 
 
 def _read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
@@ -49,32 +62,91 @@ def _read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
     return with_retries(lambda: fs.cat_file(path), what=path, remote=True, path=path)
 
 
-def open_dataset(root: str | Any, *, check_files: bool = True, max_threads: int = 8) -> DatasetMeta:
-    """Open a LeRobot v3.0 dataset at ``root`` (local path or fsspec URL) and validate its metadata.
+def open_dataset(
+    root: str | Any, *, check_files: bool = True, max_threads: int = 8, revision: str | None = None
+) -> DatasetMeta:
+    """Open a LeRobot v3.0 dataset at ``root`` and validate its metadata.
+
+    ``root`` is a local path, any fsspec URL, or a Hugging Face Hub dataset id (``"lerobot/pusht"``, read
+    from ``hf://datasets/lerobot/pusht`` when no local path of that name exists); ``revision`` picks a
+    branch, tag or commit of a Hub dataset (``hf://datasets/lerobot/pusht@v3.0``).
 
     With ``check_files`` every data file's parquet footer is read (in parallel for remote roots) to
-    check that its row groups map one to one onto its episodes and that it has every feature column.
-    Raises :class:`~streamnodes.errors.DatasetFormatError` (or a subclass) naming the file and the fix.
+    check that its row groups map one to one onto its episodes and that it has every feature column,
+    and every mp4 the episodes table points to must exist (local: also be whole; see
+    :mod:`streamnodes.format.video_files`). Raises :class:`~streamnodes.errors.DatasetFormatError` (or a
+    subclass) naming the file and the fix; a remote root that cannot be reached raises
+    :class:`~streamnodes.errors.DownloadError` naming the URL and the remedy.
     """
-    root = str(root)
+    root = resolve_root(str(root), revision)
+    if is_hub_url(root) and is_offline():  # every Hub request would fail (and be retried); say why now
+        raise unreachable_error(root)
     fs, root_path = url_to_fs(root)
 
     def url(rel: str) -> str:
         return join(root_path, rel)
 
-    info = _read_info(fs, url(INFO_PATH))
-    features = _parse_features(info, url(INFO_PATH))
-    tasks = _read_tasks(fs, url(TASKS_PATH))
-    table, episode_files = _read_episodes_table(fs, url, info)
-    episodes = _episode_refs(table, info, features, tasks, episode_files)
-    stats = _read_stats(fs, url(STATS_PATH))
-    meta = DatasetMeta(root=root, info=info, features=features, tasks=tasks, episodes=episodes, stats=stats)
-    _check_totals(meta, url(INFO_PATH))
-    if check_files:
-
-        check_data_files(meta, max_threads=max_threads)
+    with _network_errors(root, remote=fs_is_remote(fs)):
+        info = _read_info(fs, url(INFO_PATH))
+        features = _parse_features(info, url(INFO_PATH))
+        tasks = _read_tasks(fs, url(TASKS_PATH))
+        table, episode_files = _read_episodes_table(fs, url, info)
+        episodes = _episode_refs(table, info, features, tasks, episode_files)
+        stats = _read_stats(fs, url(STATS_PATH))
+        meta = DatasetMeta(root=root, info=info, features=features, tasks=tasks, episodes=episodes, stats=stats)
+        _check_totals(meta, url(INFO_PATH))
+        if check_files:
+            check_data_files(meta, max_threads=max_threads)
+            check_video_files(meta)
     log.debug("opened %r", meta)
     return meta
+
+
+# Transport failures (no route, refused, DNS, timeouts, offline mode) by type name, wherever the HTTP
+# client puts them in the chain (httpx's ConnectError, aiohttp's ClientConnectorError ...).
+_NETWORK_NAMES = {"ConnectError", "ConnectTimeout", "ReadTimeout", "NetworkError", "ProxyError",
+                  "ClientConnectorError", "OfflineModeIsEnabled", "LocalEntryNotFoundError"}
+
+
+def is_network_failure(error: BaseException) -> bool:
+    """Whether ``error``'s chain shows the server was not reached (rather than a file being bad)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (ConnectionError, TimeoutError, socket.gaierror)) or type(current).__name__ in _NETWORK_NAMES:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+@contextmanager
+def _network_errors(root: str, *, remote: bool) -> Iterator[None]:
+    """For remote roots, failures of the transport become a :class:`DownloadError` naming the root.
+
+    Our own errors about the dataset pass unchanged, except that a Hub dataset whose server cannot be
+    reached gets the Hub's remedies (:func:`~streamnodes.format.hub.unreachable_error`). Anything else
+    an fsspec file system raises (an HTTP client's ``ConnectError``, a DNS failure) is wrapped, so the
+    caller always learns which URL failed. Local roots are untouched.
+    """
+    try:
+        yield
+    except StreamNodesError as error:
+        if remote and is_hub_url(root) and isinstance(error, DownloadError) and is_network_failure(error):
+            raise unreachable_error(root, error) from error
+        raise
+    except (TypeError, AttributeError, AssertionError, KeyboardInterrupt):
+        raise  # bugs and interrupts are not download failures
+    except Exception as error:
+        if not remote:
+            raise
+        if is_hub_url(root) and is_network_failure(error):
+            raise unreachable_error(root, error) from error
+        raise DownloadError(
+            f"{root}: reading the dataset failed ({type(error).__name__}: {short_text(error, limit=200)}). "
+            "Check the URL, the network and the server, or pass the local path of a downloaded copy.",
+            path=root,
+        ) from error
 
 
 def _read_info(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streamnodes.errors import DatasetConsistencyError, DatasetFormatError
+from streamnodes.errors import DatasetConsistencyError, DatasetFormatError, check_hint
 from streamnodes.format.retry import RetryingRangeFile
 
 if TYPE_CHECKING:
@@ -44,7 +44,8 @@ def open_parquet(meta: DatasetMeta, relative_path: str) -> pq.ParquetFile:
         handle = RetryingRangeFile(meta.fs, path) if meta.is_remote else meta.fs.open(path, "rb")
     except FileNotFoundError:
         raise DatasetFormatError(
-            f"{path}: data file missing (the episodes table points to it). Restore or re-download it.",
+            f"{path}: data file missing (the episodes table points to it). Restore or re-download it. "
+            f"{check_hint(meta.root)}",
             path=path,
         ) from None
     try:
@@ -52,7 +53,8 @@ def open_parquet(meta: DatasetMeta, relative_path: str) -> pq.ParquetFile:
     except (pa.ArrowInvalid, OSError) as e:
         handle.close()
         raise DatasetFormatError(
-            f"{path}: not a readable parquet file (corrupt or truncated footer: {e}). Re-download or re-write it.",
+            f"{path}: not a readable parquet file (corrupt or truncated footer: {e}). Re-download or re-write it. "
+            f"{check_hint(meta.root)}",
             path=path,
         ) from None
 
@@ -118,7 +120,7 @@ def read_episode_columns(
     except (pa.ArrowInvalid, OSError) as e:
         raise DatasetFormatError(
             f"{path}: episode {ref.episode_index} (row group {ref.row_group}) cannot be read ({e}). "
-            "The file is damaged; re-download or re-write it.",
+            f"The file is damaged; re-download or re-write it. {check_hint(meta.root)}",
             path=path, episode_index=ref.episode_index,
         ) from None
     finally:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from streamnodes.errors import DatasetConsistencyError, DatasetFormatError
+from streamnodes.errors import DatasetConsistencyError, DatasetFormatError, check_hint
 from streamnodes.format.fs import fs_is_local
 from streamnodes.format.reader import open_parquet
 
@@ -53,7 +53,7 @@ def check_data_file(meta: DatasetMeta, relative_path: str, episodes: list[Episod
                 f"{path}: holds {md.num_rows} rows in {md.num_row_groups} row groups {groups}, but the episodes "
                 f"table puts {len(episodes)} episodes (index, length) {ep_desc} with {expected_rows} rows in it: "
                 "rows are missing or extra. Restore or re-download the data file (or re-write the episodes table "
-                "if episodes were removed on purpose).",
+                f"if episodes were removed on purpose). {check_hint(meta.root)}",
                 path=path,
             )
         if md.num_row_groups != len(episodes):

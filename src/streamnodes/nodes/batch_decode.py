@@ -55,7 +55,7 @@ from streamnodes.collate import (
     write_frame,
 )
 from streamnodes.decoder_cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_DECODERS, DecoderCache, MiB, open_video
-from streamnodes.errors import ConfigError, VideoDecodeError, short_text
+from streamnodes.errors import ConfigError, VideoDecodeError, check_hint, short_text
 from streamnodes.nodes._state import require_keys
 from streamnodes.nodes.video_decode import _IMAGE_DTYPES, _decode_indices, _mismatch, to_torch
 from streamnodes.types import Sample, VideoQuery, resolve_video
@@ -142,7 +142,7 @@ def _decode_failed(
     return VideoDecodeError(
         f"{path} (episode {query.episode_index}, camera {query.key}): decoding frames {unique} for "
         f"timestamps {[round(t, 6) for t in timestamps]} s failed ({short_text(error)}). The file is truncated "
-        "or corrupt; re-download it or re-encode it.",
+        f"or corrupt; re-download it or re-encode it. {check_hint()}",
         path=path,
         episode_index=query.episode_index,
         camera=query.key,

@@ -28,7 +28,7 @@ import torch
 from torchdata.nodes import BaseNode
 
 from streamnodes.decoder_cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_DECODERS, DecoderCache, OpenVideo
-from streamnodes.errors import ConfigError, StreamNodesError, VideoDecodeError, short_text
+from streamnodes.errors import ConfigError, StreamNodesError, VideoDecodeError, check_hint, short_text
 from streamnodes.nodes._state import require_keys, shutdown_source
 from streamnodes.types import Sample, VideoQuery, resolve_video
 
@@ -106,7 +106,7 @@ def decode_query(
         raise VideoDecodeError(
             f"{path} (episode {query.episode_index}, camera {query.key}): decoding frames {unique} for "
             f"timestamps {[round(t, 6) for t in timestamps]} s failed ({short_text(e)}). The file is truncated "
-            "or corrupt; re-download it or re-encode it.",
+            f"or corrupt; re-download it or re-encode it. {check_hint()}",
             path=path,
             episode_index=query.episode_index,
             camera=query.key,
