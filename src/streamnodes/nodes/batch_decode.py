@@ -54,11 +54,11 @@ from streamnodes.collate import (
     positions_of,
     write_frame,
 )
-from streamnodes.decoder_cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_DECODERS, DecoderCache, MiB, open_video
+from streamnodes.decoder_cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_DECODERS, DecoderCache, MiB
 from streamnodes.errors import ConfigError, VideoDecodeError, check_hint, short_text
 from streamnodes.nodes._state import require_keys
-from streamnodes.nodes.video_decode import _IMAGE_DTYPES, _decode_indices, _mismatch, to_torch
-from streamnodes.types import Sample, VideoQuery, resolve_video
+from streamnodes.nodes.video_decode import _IMAGE_DTYPES, _decode_indices, _mismatch, open_query, to_torch
+from streamnodes.types import Sample, VideoQuery
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,7 @@ def decode_query_into(
     frame indices split into ``get_frames_at`` calls by :func:`~streamnodes.collate.plan_decode_calls`.
     Every pts is checked before any pixel is written. Raises :class:`VideoDecodeError`.
     """
-    path = resolve_video(query.file, timeout)
-    video = cache.get(path, episode_index=query.episode_index)
+    path, video = open_query(cache, query, timeout)
     timestamps = query.timestamps.tolist() if hasattr(query.timestamps, "tolist") else list(query.timestamps)
     if not timestamps:
         raise _mismatch(video, query, timestamps, None, "no timestamps to decode")
@@ -391,11 +390,9 @@ class BatchDecode(BaseNode[dict[str, Any]]):
         """``(C, H, W)`` of camera ``key``, read from the header of its first video (then remembered)."""
         size = self._frame_sizes.get(key)
         if size is None:
-            path = resolve_video(query.file, self.download_timeout_s)
-            if self.decode_threads > 1:  # this thread does not decode: a throwaway probe
-                video = open_video(path, episode_index=query.episode_index)
-            else:
-                video = self._thread_decoder().cache.get(path, episode_index=query.episode_index)
+            # with decode threads this thread decodes nothing: a throwaway one-decoder cache probes the header
+            cache = DecoderCache(max_decoders=1) if self.decode_threads > 1 else self._thread_decoder().cache
+            _, video = open_query(cache, query, self.download_timeout_s)
             size = self._frame_sizes[key] = (CHANNELS, video.height, video.width)
         return size
 

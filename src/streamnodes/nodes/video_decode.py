@@ -74,6 +74,17 @@ def _decode_indices(timestamps: list[float], fps: float) -> tuple[list[int], lis
     return unique, [position[index] for index in indices]
 
 
+def open_query(cache: DecoderCache, query: VideoQuery, timeout: float | None = None) -> tuple[str, OpenVideo]:
+    """The local path and open decoder for ``query`` (waiting for a download in progress); download and
+    open errors get the query's episode and camera added as attributes."""
+    try:
+        path = resolve_video(query.file, timeout)
+        return path, cache.get(path, episode_index=query.episode_index)
+    except StreamNodesError as error:
+        error.with_context(episode_index=query.episode_index, camera=query.key)
+        raise
+
+
 def decode_query(
     cache: DecoderCache, query: VideoQuery, *, tolerance_s: float = 1e-4, timeout: float | None = None
 ) -> tuple[torch.Tensor, int]:
@@ -85,12 +96,7 @@ def decode_query(
     Raises :class:`VideoDecodeError` naming file, episode, camera and timestamps (also as attributes;
     download and open errors get the episode and camera added).
     """
-    try:
-        path = resolve_video(query.file, timeout)
-        video = cache.get(path, episode_index=query.episode_index)
-    except StreamNodesError as error:
-        error.with_context(episode_index=query.episode_index, camera=query.key)
-        raise
+    path, video = open_query(cache, query, timeout)
     timestamps = query.timestamps.tolist() if isinstance(query.timestamps, np.ndarray) else list(query.timestamps)
     if not timestamps:
         raise _mismatch(video, query, timestamps, None, "no timestamps to decode")
