@@ -1,5 +1,6 @@
 """streamnodes: exactly resumable streaming of LeRobot v3 datasets into PyTorch, from torchdata nodes."""
 
+from streamnodes.episode_reader import EpisodeReader
 from streamnodes.errors import (
     ConfigError,
     DatasetConsistencyError,
@@ -9,7 +10,6 @@ from streamnodes.errors import (
     StreamNodesError,
     VideoDecodeError,
 )
-from streamnodes.episode_reader import EpisodeReader
 from streamnodes.format import DatasetMeta, EpisodeRef, open_dataset, rewrite_row_groups
 from streamnodes.nodes import (
     BatchDecode,

@@ -59,7 +59,7 @@ def window(position: int, length: int, offsets: np.ndarray) -> tuple[np.ndarray,
     ``is_pad = position + offsets`` outside ``[0, length)``.
     """
     target = position + offsets
-    if 0 <= target.min() and target.max() < length:  # inside the episode (most windows): no clamp
+    if target.min() >= 0 and target.max() < length:  # inside the episode (most windows): no clamp
         return target, np.zeros(target.shape, dtype=bool)
     rows = np.clip(target, 0, length - 1)
     is_pad = (target < 0) | (target >= length)

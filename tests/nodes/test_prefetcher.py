@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from torchdata.nodes import BaseNode
 
+from streamnodes.episode_reader import EpisodeReader
 from streamnodes.errors import ConfigError, DownloadError, StateError
 from streamnodes.format import open_dataset
-from streamnodes.episode_reader import EpisodeReader
 from streamnodes.nodes.delta_window import DeltaWindow
 from streamnodes.nodes.episode_batcher import EpisodeBatcher
 from streamnodes.nodes.episode_pool import EpisodePool
