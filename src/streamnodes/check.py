@@ -36,6 +36,7 @@ import pyarrow as pa
 from streamnodes.errors import StreamNodesError, VideoDecodeError, short_text
 from streamnodes.format import ParquetFileCache, open_dataset, read_episode_columns
 from streamnodes.format.fs import relative_to, url_to_fs
+from streamnodes.format.hub import resolve_root
 from streamnodes.format.validate import check_data_file
 from streamnodes.types import VideoQuery
 
@@ -172,7 +173,7 @@ def check_dataset(
     """
     if not tolerance_s >= 0:
         raise ValueError(f"tolerance_s must be >= 0 seconds, got {tolerance_s}")
-    root = str(root)
+    root = resolve_root(str(root))  # a Hub id ("lerobot/pusht") is read from the Hub, as open_dataset does
     report = CheckReport(root=root, decoded=decode, tolerance_s=float(tolerance_s))
     root_path = url_to_fs(root)[1]
     try:
