@@ -13,7 +13,7 @@
    every column with ``read_rows=True``. Checks row count and index range against the episodes table
    and finds damaged data pages;
 4. per camera, the first and the last frame of every episode, decoded by the loader's own
-   :func:`~streamnodes.nodes.video_decode.decode_query` (DESIGN §4): in-file time
+   :func:`~streamnodes.nodes.video_decode.decode_query` (docs/video.md, "The decode path"): in-file time
    ``t = from_timestamp + timestamp[row]``, frame index ``round(t * fps)`` which must be below the
    file's frame count, torchcodec ``get_frames_at``, and ``|pts - t| <= tolerance_s``. Each mp4 is
    opened once for all its episodes (again after a decode failure).
@@ -335,7 +335,7 @@ def _first_and_last_frame(
 ) -> VideoQuery:
     """The query for ``ep``'s first and last frame of camera ``key`` (pure; no I/O).
 
-    In-file times are ``from_timestamp + timestamp`` of the first and last row (DESIGN §4). When the
+    In-file times are ``from_timestamp + timestamp`` of the first and last row, as the loader reads them. When the
     episode's rows could not be read, the nominal ``(length - 1) / fps`` stands in for the last
     timestamp (LeRobot writes ``timestamp = frame_index / fps``), so the video is still checked.
     """

@@ -1,6 +1,6 @@
 """An LRU of open torchcodec ``VideoDecoder``s, bounded by count and by estimated memory.
 
-Opening a decoder costs more than decoding a frame at small resolutions (DESIGN §10: 96x96 AV1
+Opening a decoder costs more than decoding a frame at small resolutions (measured here: 96x96 AV1
 random access ~3.3k frames/s with a reused decoder, ~340 when opened per frame), so decoders are
 kept open per file. Each open decoder holds memory (demuxer index, codec reference frames, colour
 conversion buffers), so the cache is bounded both by how many decoders it keeps and by an estimate
@@ -90,7 +90,7 @@ def open_video(path: str, *, episode_index: int | None = None) -> OpenVideo:
     """Open ``path`` with torchcodec (approximate seeking, one FFmpeg thread) and read its metadata.
 
     ``seek_mode="approximate"`` trusts the container header instead of scanning every packet (LeRobot
-    does the same); one FFmpeg thread is faster for random access (DESIGN §10). Raises
+    does the same); one FFmpeg thread is faster for random access (measured here). Raises
     :class:`VideoDecodeError` naming the file (and episode) for missing, truncated or corrupt files.
     """
     where = _where(path, episode_index)

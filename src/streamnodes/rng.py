@@ -1,7 +1,7 @@
 """Seeds and random generators derived from (seed, epoch, rank, worker, salt), with plain-type state.
 
 Everything random in streamnodes comes from here so that order is a pure function of the
-configuration (DESIGN §3.4) and generator state can sit in a JSON/``torch.load(weights_only=True)``
+configuration (seed, epoch, consumer) and generator state can sit in a JSON/``torch.load(weights_only=True)``
 friendly checkpoint (Python ints only, no numpy scalars).
 """
 

@@ -1,6 +1,6 @@
 """``delta_timestamps`` -> integer offsets, and the clamped windows LeRobot's map-style reader returns.
 
-DESIGN §4: ``d = round(dt * fps)``; ``q = clamp(i + d, from, to - 1)``; ``is_pad = not from <= i + d < to``.
+LeRobot's window arithmetic: ``d = round(dt * fps)``; ``q = clamp(i + d, from, to - 1)``; ``is_pad = not from <= i + d < to``.
 Here positions are episode-local (0..length-1), the same arithmetic shifted by ``from``.
 """
 

@@ -1,4 +1,4 @@
-"""DeltaWindow: Frame -> Sample, the windows LeRobot's map-style reader returns (DESIGN §4)."""
+"""DeltaWindow: Frame -> Sample, the windows LeRobot's map-style reader returns (docs/nodes.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""EpisodePool: N whole episodes in RAM, uniformly random frames across them (DESIGN §5)."""
+"""EpisodePool: N whole episodes in RAM, uniformly random frames across them (docs/nodes.md)."""
 
 from __future__ import annotations
 

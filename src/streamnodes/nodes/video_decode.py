@@ -2,9 +2,9 @@
 ``dict`` LeRobot's ``LeRobotDataset.__getitem__`` returns, decoding its video frames on the way out.
 
 Decode-on-exit: pixels exist only here, for the samples leaving the graph, so memory upstream stays
-tabular-sized whatever the pool and shuffle buffer sizes (DESIGN §2).
+tabular-sized whatever the pool and shuffle buffer sizes (docs/video.md, "Decode-on-exit").
 
-Per camera query (DESIGN §4, LeRobot's ``decode_video_frames_torchcodec``):
+Per camera query (docs/video.md, "The decode path"; LeRobot's ``decode_video_frames_torchcodec``):
 
 1. ``path = resolve_video(query.file, download_timeout_s)`` (waits for a prefetch in progress);
 2. the open decoder of ``path`` from a per-node :class:`~streamnodes.decoder_cache.DecoderCache`;

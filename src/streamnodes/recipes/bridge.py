@@ -2,7 +2,7 @@
 
 ``StatefulDataLoader`` saves each worker's ``dataset.state_dict()`` and, on restore, calls the
 worker's ``dataset.load_state_dict(state)`` before ``iter(dataset)``. The bridge keeps the state
-pending and applies it eagerly in a plain ``__iter__`` (DESIGN §9: applying it lazily inside a
+pending and applies it eagerly in a plain ``__iter__`` (docs/checkpointing.md: applying it lazily inside a
 generator, or resetting at exhaustion, replays or loses data at epoch and partial-batch boundaries).
 The epoch is explicit: in the state, and set by the loader before each epoch (workers that are not
 persistent are rebuilt from the main process's copy every epoch, so a worker-local counter would

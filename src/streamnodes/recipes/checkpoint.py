@@ -16,7 +16,7 @@ a file. A checkpoint counts as complete once every rank has written its ``comple
 a rank writes its marker only after its own files: :func:`latest_checkpoint` returns the newest
 complete checkpoint, so a kill during a save falls back to the one before.
 
-Loader states are per rank because each rank reads its own part of the stream (DESIGN §6); a checkpoint
+Loader states are per rank because each rank reads its own part of the stream (docs/checkpointing.md); a checkpoint
 can only be resumed with the world size it was written with (:class:`~streamnodes.errors.StateError`
 otherwise).
 """
