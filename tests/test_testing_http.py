@@ -127,3 +127,49 @@ def test_open_dataset_over_http_matches_local() -> None:
             np.testing.assert_array_equal(columns[key], value)
         requests = srv.requests
         assert all(method in ("GET", "HEAD") for method, _ in requests)
+
+
+def test_ignoring_range_like_python_http_server_and_bytes_per_file(tmp_path: Path) -> None:
+    payload = bytes(range(256)) * 20
+    (tmp_path / "a.bin").write_bytes(payload)
+    (tmp_path / "b.bin").write_bytes(b"hello")
+    with serve_directory(tmp_path, ranges=False) as srv:
+        assert srv.ranges is False
+        status, headers, body = _get(srv.url_of("a.bin"), {"Range": "bytes=10-19"})
+        assert status == 200 and body == payload and "Content-Range" not in headers and "Accept-Ranges" not in headers
+        assert _get(srv.url_of("a.bin"), {"Range": "bytes=999999-"})[0] == 200  # not even checked
+        status, headers, body = _get(srv.url_of("a.bin"), method="HEAD")
+        assert status == 200 and body == b"" and headers["Content-Length"] == str(len(payload))
+        assert _get(srv.url_of("b.bin"))[2] == b"hello"
+        assert srv.bytes_of("a.bin") == 2 * len(payload) and srv.bytes_of("/b.bin") == 5
+        assert srv.bytes_by_path == {"a.bin": 2 * len(payload), "b.bin": 5} and srv.bytes_sent == 2 * len(payload) + 5
+        srv.ranges = True  # switchable while serving
+        status, headers, body = _get(srv.url_of("a.bin"), {"Range": "bytes=10-19"})
+        assert status == 206 and body == payload[10:20] and srv.bytes_of("a.bin") == 2 * len(payload) + 10
+        srv.reset_counts()
+        assert srv.bytes_by_path == {} and srv.bytes_sent == 0
+
+
+def test_throttling_with_retry_after_and_urls_that_expire(tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(b"x" * 100)
+    (tmp_path / "b.bin").write_bytes(b"y" * 10)
+    faults = Faults(throttle_rate=1.0, throttle_status=429, retry_after="7", max_faults=2, suffixes=(".bin",))
+    with serve_directory(tmp_path, faults=faults) as srv:
+        first, second, third = (_get(srv.url_of("a.bin")) for _ in range(3))
+        assert first[0] == second[0] == 429 and first[1]["Retry-After"] == "7" and third[0] == 200
+        assert srv.faults_injected == {"throttle": 2} and srv.bytes_of("a.bin") == 100  # error pages not counted
+        srv.reset_counts()  # max_faults counts the faults injected since the last reset
+        srv.set_faults(Faults(throttle_rate=1.0, throttle_status=503, retry_after=None, max_faults=1))
+        status, headers, _ = _get(srv.url_of("a.bin"))
+        assert status == 503 and "Retry-After" not in headers
+        # The first 2 requests of b.bin (any method) are refused, then it is served; other files are not touched.
+        srv.set_faults(Faults(forbidden={"/b.bin": 2}))
+        assert [_get(srv.url_of("b.bin"), method="HEAD")[0], _get(srv.url_of("b.bin"))[0]] == [403, 403]
+        assert _get(srv.url_of("a.bin"))[0] == 200 and _get(srv.url_of("b.bin"))[2] == b"y" * 10
+        assert srv.faults_injected["forbidden"] == 2
+        srv.set_faults(Faults(forbidden={"b.bin": 1}))  # re-armed by set_faults
+        assert _get(srv.url_of("b.bin"))[0] == 403 and _get(srv.url_of("b.bin"))[0] == 200
+    with pytest.raises(ValueError, match="throttle_status"):
+        Faults(throttle_status=500)
+    with pytest.raises(ValueError, match="throttle_rate"):
+        Faults(throttle_rate=2.0)

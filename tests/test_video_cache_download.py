@@ -35,7 +35,7 @@ def _retry(retries: int, delays: list[float]):
     """The cache's retry function: with_retries with a sleep hook that records (counts) each retry."""
 
     def retry(fn, what):
-        return with_retries(fn, what=what, remote=True, retries=retries, backoff_s=0.001, sleep=delays.append)
+        return with_retries(fn, what=what, remote=True, retries=retries, backoff_s=0.001, sleep=delays.append, jitter=0.0)
 
     return retry
 
@@ -116,7 +116,9 @@ def test_backoff_doubles_up_to_max_backoff_s() -> None:
         raise ConnectionResetError("dropped")
 
     with pytest.raises(DownloadError, match="failed 6 times in a row"):
-        with_retries(failing, what="x", remote=True, retries=5, backoff_s=1.0, max_backoff_s=5.0, sleep=delays.append)
+        with_retries(
+            failing, what="x", remote=True, retries=5, backoff_s=1.0, max_backoff_s=5.0, sleep=delays.append, jitter=0.0
+        )
     assert delays == [1.0, 2.0, 4.0, 5.0, 5.0] and len(calls) == 6
 
 

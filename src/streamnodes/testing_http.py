@@ -6,8 +6,14 @@ pyarrow read parquet footers and row groups by range), keep-alive connections, a
 counters so a test can assert how often each file was fetched.
 
 Faults are injected on purpose, seeded and bounded (:class:`Faults`): answer a fraction of requests
-with ``500``, cut a fraction of bodies mid-way (the connection is closed after half the bytes),
-delay responses, or fail chosen paths on every request (a permanently broken file).
+with ``500``, or with ``429``/``503`` and a ``Retry-After`` header (a busy or rate-limiting server), cut a
+fraction of bodies mid-way (the connection is closed after half the bytes), delay responses, fail
+chosen paths on every request (a permanently broken file), or refuse chosen paths with ``403`` for
+their first requests (a signed URL that expired once).
+
+``serve_directory(root, ranges=False)`` serves like ``python -m http.server``: ``Range`` headers are
+ignored and every GET is answered ``200`` with the whole file. ``server.bytes_of(path)`` counts the
+body bytes sent per file, so a test can assert that a file was fetched whole exactly once.
 
     with serve_directory(dataset_root, faults=Faults(error_rate=0.3, seed=0)) as server:
         meta = open_dataset(server.url)
@@ -29,7 +35,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,6 +60,12 @@ class Faults:
         delay_rate: fraction of eligible requests delayed by ``delay_s`` (1.0: all of them).
         fail_paths: paths relative to the served root (``"videos/.../file-000.mp4"``) answered ``500``
             on every request, whatever the bounds below: a permanently failing file.
+        forbidden: path -> how many of its first requests (any method) are answered ``403 Forbidden``;
+            later ones are served normally (a signed URL that expired and was renewed). Not bounded below.
+        throttle_rate: fraction of eligible requests answered ``throttle_status`` with ``Retry-After``.
+        throttle_status: ``429`` (Too Many Requests) or ``503`` (Service Unavailable).
+        retry_after: the ``Retry-After`` header value of throttled answers (seconds, or an HTTP date);
+            ``None`` sends none.
         suffixes: random faults only hit paths ending with one of these (``(".mp4",)``); ``None``: all.
         max_faults: stop injecting random faults after this many (``None``: no limit).
         max_consecutive: at most this many random faults in a row on one path; the next request on that
@@ -66,19 +78,26 @@ class Faults:
     delay_s: float = 0.0
     delay_rate: float = 1.0
     fail_paths: Collection[str] = ()
+    forbidden: Mapping[str, int] = field(default_factory=dict)
+    throttle_rate: float = 0.0
+    throttle_status: int = 503
+    retry_after: str | None = "1"
     suffixes: tuple[str, ...] | None = None
     max_faults: int | None = None
     max_consecutive: int = 3
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("error_rate", "drop_rate", "delay_rate"):
+        for name in ("error_rate", "drop_rate", "delay_rate", "throttle_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"Faults.{name} must be within [0, 1], got {value}")
         if self.delay_s < 0:
             raise ValueError(f"Faults.delay_s must be >= 0, got {self.delay_s}")
+        if self.throttle_status not in (429, 503):
+            raise ValueError(f"Faults.throttle_status must be 429 or 503, got {self.throttle_status}")
         self.fail_paths = frozenset(p.lstrip("/") for p in self.fail_paths)
+        self.forbidden = {p.lstrip("/"): int(n) for p, n in dict(self.forbidden).items()}
 
 
 @dataclass
@@ -86,19 +105,27 @@ class _Decision:
     error: bool = False
     drop: bool = False
     delay: float = 0.0
+    refuse: HTTPStatus | None = None  # 403, 429 or 503 instead of the file
+    retry_after: str | None = None
 
 
 @dataclass
 class HTTPTestServer:
-    """What :func:`serve_directory` yields: the base URL, counters, and the faults (mutable while serving)."""
+    """What :func:`serve_directory` yields: the base URL, counters, and the faults (mutable while serving).
+
+    ``ranges`` (mutable too): ``False`` ignores ``Range`` headers like ``python -m http.server``.
+    """
 
     root: Path
     url: str
     faults: Faults
+    ranges: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _requests: Counter = field(default_factory=Counter, repr=False)
     _faults_injected: Counter = field(default_factory=Counter, repr=False)
     _consecutive: Counter = field(default_factory=Counter, repr=False)
+    _forbidden_served: Counter = field(default_factory=Counter, repr=False)
+    _bytes: Counter = field(default_factory=Counter, repr=False)
     bytes_sent: int = 0
     _rng: random.Random | None = field(default=None, repr=False)
 
@@ -113,9 +140,21 @@ class HTTPTestServer:
         with self._lock:
             return dict(self._requests)
 
+    def bytes_of(self, path: str) -> int:
+        """Body bytes sent for ``path`` (relative to the root), all requests together; error pages excluded."""
+        with self._lock:
+            return self._bytes[path.lstrip("/")]
+
+    @property
+    def bytes_by_path(self) -> dict[str, int]:
+        """``relative path -> body bytes sent`` so far (a copy)."""
+        with self._lock:
+            return dict(self._bytes)
+
     @property
     def faults_injected(self) -> dict[str, int]:
-        """``kind -> count`` of faults injected so far (``error``, ``drop``, ``delay``, ``fail_path``)."""
+        """``kind -> count`` of faults injected so far (``error``, ``drop``, ``delay``, ``fail_path``,
+        ``throttle``, ``forbidden``)."""
         with self._lock:
             return dict(self._faults_injected)
 
@@ -124,14 +163,17 @@ class HTTPTestServer:
             self._requests.clear()
             self._faults_injected.clear()
             self._consecutive.clear()
+            self._bytes.clear()
             self.bytes_sent = 0
 
     def set_faults(self, faults: Faults) -> None:
-        """Change the faults of a running server (the fault RNG restarts from ``faults.seed``)."""
+        """Change the faults of a running server (the fault RNG restarts from ``faults.seed``, and the
+        ``forbidden`` counts start again)."""
         with self._lock:
             self.faults = faults
             self._rng = random.Random(faults.seed)
             self._consecutive.clear()
+            self._forbidden_served.clear()
 
     def url_of(self, path: str) -> str:
         """The URL of a file given by its path relative to the served root."""
@@ -145,6 +187,10 @@ class HTTPTestServer:
             if path in f.fail_paths:
                 self._faults_injected["fail_path"] += 1
                 return _Decision(error=True)
+            if self._forbidden_served[path] < f.forbidden.get(path, 0):
+                self._forbidden_served[path] += 1
+                self._faults_injected["forbidden"] += 1
+                return _Decision(refuse=HTTPStatus.FORBIDDEN)
             if f.suffixes is not None and not path.endswith(tuple(f.suffixes)):
                 return _Decision()
             rng = self._rng
@@ -156,25 +202,31 @@ class HTTPTestServer:
                 self._faults_injected["delay"] += 1
             budget_left = (
                 f.max_faults is None
-                or sum(self._faults_injected[k] for k in ("error", "drop")) < f.max_faults
+                or sum(self._faults_injected[k] for k in ("error", "drop", "throttle")) < f.max_faults
             )
             streak_ok = self._consecutive[path] < f.max_consecutive
             draw_error, draw_drop = rng.random(), rng.random()  # always draw both: a stable sequence
-            if budget_left and streak_ok and draw_error < f.error_rate:
+            draw_throttle = rng.random() if f.throttle_rate > 0 else 1.0  # sequences without it unchanged
+            if budget_left and streak_ok and draw_throttle < f.throttle_rate:
+                decision.refuse = HTTPStatus(f.throttle_status)
+                decision.retry_after = f.retry_after
+                self._faults_injected["throttle"] += 1
+            elif budget_left and streak_ok and draw_error < f.error_rate:
                 decision.error = True
                 self._faults_injected["error"] += 1
             elif budget_left and streak_ok and method == "GET" and draw_drop < f.drop_rate:
                 decision.drop = True
                 self._faults_injected["drop"] += 1
-            if decision.error or decision.drop:
+            if decision.error or decision.drop or decision.refuse:
                 self._consecutive[path] += 1
             else:
                 self._consecutive[path] = 0
             return decision
 
-    def _sent(self, n: int) -> None:
+    def _sent(self, path: str, n: int) -> None:
         with self._lock:
             self.bytes_sent += n
+            self._bytes[path] += n
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -201,11 +253,13 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return "/".join(parts)
 
-    def _error(self, status: HTTPStatus, body: bool) -> None:
+    def _error(self, status: HTTPStatus, body: bool, retry_after: str | None = None) -> None:
         message = f"{status.value} {status.phrase}\n".encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(message)))
+        if retry_after is not None:
+            self.send_header("Retry-After", retry_after)
         self.end_headers()
         if body:
             self.wfile.write(message)
@@ -221,6 +275,9 @@ class _Handler(BaseHTTPRequestHandler):
         if decision.error:
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, body)
             return
+        if decision.refuse is not None:
+            self._error(decision.refuse, body, decision.retry_after)
+            return
         path = self.state.root / rel
         if not path.is_file():
             self._error(HTTPStatus.NOT_FOUND, body)
@@ -228,7 +285,7 @@ class _Handler(BaseHTTPRequestHandler):
         size = path.stat().st_size
         start, stop = 0, size  # [start, stop)
         status = HTTPStatus.OK
-        header = self.headers.get("Range")
+        header = self.headers.get("Range") if self.state.ranges else None
         if header:
             parsed = _parse_range(header, size)
             if parsed is None:
@@ -242,7 +299,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = stop - start
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Accept-Ranges", "bytes")
+        if self.state.ranges:
+            self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Length", str(length))
         if status == HTTPStatus.PARTIAL_CONTENT:
             self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
@@ -257,9 +315,9 @@ class _Handler(BaseHTTPRequestHandler):
                 chunk = f.read(min(_COPY_CHUNK, to_send - sent))
                 if not chunk:
                     break
+                self.state._sent(rel, len(chunk))  # counted first: a client that has the bytes sees the count
                 self.wfile.write(chunk)
                 sent += len(chunk)
-        self.state._sent(sent)
         if decision.drop:
             self.wfile.flush()
             self.close_connection = True
@@ -307,8 +365,12 @@ def serve_directory(
     host: str = "127.0.0.1",
     port: int = 0,
     faults: Faults | None = None,
+    ranges: bool = True,
 ) -> Iterator[HTTPTestServer]:
     """Serve ``root`` over HTTP on ``host:port`` (port 0: an ephemeral one) while the block runs.
+
+    ``ranges=False`` ignores ``Range`` headers (every GET answers ``200`` with the whole file), as
+    ``python -m http.server`` does.
 
     Yields an :class:`HTTPTestServer` whose ``url`` (``http://127.0.0.1:PORT``, no trailing slash) is
     the dataset root URL, e.g. for ``open_dataset(server.url)``. The server thread is a daemon and is
@@ -318,11 +380,13 @@ def serve_directory(
     root_path = Path(root).resolve()
     if not root_path.is_dir():
         raise FileNotFoundError(f"serve_directory: {root_path} is not a directory")
-    state = HTTPTestServer(root=root_path, url="", faults=faults or Faults())
+    state = HTTPTestServer(root=root_path, url="", faults=faults or Faults(), ranges=ranges)
     handler = type("_BoundHandler", (_Handler,), {"state": state})
     httpd = ThreadingHTTPServer((host, port), handler)
     httpd.daemon_threads = True
     bound_host, bound_port = httpd.server_address[:2]
+    if isinstance(bound_host, bytes):
+        bound_host = bound_host.decode()
     state.url = f"http://{bound_host}:{bound_port}"
     thread = threading.Thread(
         target=httpd.serve_forever,

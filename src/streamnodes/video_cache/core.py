@@ -22,7 +22,7 @@ from typing import Any
 import fsspec
 
 from streamnodes.errors import ConfigError, DownloadError
-from streamnodes.format.retry import with_retries
+from streamnodes.format.retry import reresolve_url, with_retries
 from streamnodes.video_cache.download import copy_sized, copy_unsized, file_size
 from streamnodes.video_cache.entries import Entry, EntryState, EntryTable, Release
 from streamnodes.video_cache.locking import DeferringLock
@@ -175,6 +175,7 @@ class _Core:
         return with_retries(
             fn, what=what, remote=True, retries=self.retries, backoff_s=self.backoff_s,
             max_backoff_s=self.max_backoff_s, sleep=lambda delay: self._back_off(entry, delay), path=entry.url,
+            reresolve=functools.partial(reresolve_url, self.fs, entry.url),
         )
 
     def _back_off(self, entry: Entry, delay: float) -> None:

@@ -2,8 +2,13 @@
 
 No locks and no cache state: the caller passes ``retry`` (:func:`streamnodes.format.retry.with_retries`
 with its settings, as ``retry(fn, what)``) and hooks that stop a cancelled copy, reserve disk space and
-count bytes. Each chunk of a file of known size is one ranged read retried on its own, so ``retries``
-counts failures in a row without progress and a retry resumes at the last complete chunk.
+count bytes. Each chunk of a file of known size is one ranged read
+(:func:`streamnodes.format.retry.read_range`) retried on its own, so ``retries`` counts failures in a row
+without progress and a retry resumes at the last complete chunk.
+
+A server that ignores ``Range`` (Python's ``http.server``) answers the first chunk's request with the
+whole file: that body is written as the file, once (logged; its size was reserved like any download's),
+and no further request is made. The body is held in memory while it is written.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import BinaryIO, TypeVar
 
 import fsspec
 
-from streamnodes.format.retry import ShortRead
+from streamnodes.format.retry import RangeIgnored, note_range_ignored, read_range
 
 __all__ = ["copy_sized", "copy_unsized", "file_size", "read_range"]
 
@@ -31,14 +36,6 @@ def file_size(fs: fsspec.AbstractFileSystem, url: str) -> int | None:
     return None if size is None else int(size)
 
 
-def read_range(fs: fsspec.AbstractFileSystem, url: str, start: int, end: int) -> bytes:
-    """Bytes ``[start, end)`` of ``url`` in one ranged request; fewer bytes raise ShortRead (transient)."""
-    data = fs.cat_file(url, start=start, end=end)
-    if len(data) != end - start:
-        raise ShortRead(f"{url}: the server sent {len(data)} of bytes [{start}:{end}]")
-    return data
-
-
 def copy_sized(
     fs: fsspec.AbstractFileSystem,
     url: str,
@@ -53,12 +50,21 @@ def copy_sized(
     """Write ``url``'s ``size`` bytes to ``out``: ranged reads of ``chunk_bytes``, each retried on its own.
 
     ``before_chunk()`` runs before each read (it raises to stop the copy); ``on_chunk(n)`` after each write.
+    If the server ignores ``Range``, the whole file arrives with one read: its bytes not yet written are
+    written at once and the copy ends (one request for the file).
     """
     done = 0
     while done < size:
         before_chunk()
         start, end = done, min(size, done + chunk_bytes)
-        data = retry(functools.partial(read_range, fs, url, start, end), f"{url} [{start}:{end}]")
+        try:
+            data = retry(functools.partial(read_range, fs, url, start, end, size=size), f"{url} [{start}:{end}]")
+        except RangeIgnored as whole:
+            note_range_ignored(url, size)
+            rest = memoryview(whole.body)[done:]
+            out.write(rest)
+            on_chunk(len(rest))
+            return
         out.write(data)
         done = end
         on_chunk(len(data))
