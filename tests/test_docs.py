@@ -11,6 +11,8 @@ can write a dataset that a later block reads. What runs:
   naming a file (``# my_nodes.py``) is written to that file instead of being executed.
 - ```` ```console ```` blocks: each ``$ command`` line runs in bash (``$?`` is the previous
   command's exit code); the expectation is the block itself, commands and their stdout.
+  ``python -m streamnodes ARGS`` runs as ``streamnodes.__main__.main(ARGS)`` in the page's process
+  (the same entry point and arguments, without importing torch again for every command).
 - A plain ```` ``` ```` or ```` ```text ```` block that follows a python block with only blank
   lines between is that block's expected stdout. A python block without one must print nothing.
   ```` ```bash ```` blocks and other plain/text blocks (diagrams, file trees, recorded transcripts)
@@ -126,6 +128,14 @@ for n, step in enumerate(steps):
             for line in step["code"].splitlines():
                 if line.startswith("$ "):
                     print(line, flush=True)
+                    cli = re.fullmatch(r"python -m streamnodes ([\w./ -]+)", line[2:])
+                    if cli:  # the CLI's own entry point, in this process: saves importing torch per command
+                        from streamnodes.__main__ import main
+                        out = io.StringIO()
+                        with contextlib.redirect_stdout(out):
+                            rc = main(cli.group(1).split())
+                        sys.stdout.write(out.getvalue())
+                        continue
                     done = subprocess.run(["bash", "-c", f"(exit {rc}); {line[2:]}"], stdout=subprocess.PIPE, text=True)
                     sys.stdout.write(done.stdout)
                     rc = done.returncode
