@@ -99,8 +99,9 @@ def children(data: bytes | memoryview, start: int, end: int) -> Iterator[BoxHead
         Mp4IndexError: a box is cut off by ``end`` (a damaged or truncated container).
     """
     pos = start
+    view = memoryview(data)[:end]  # no copy; headers cannot read past the container
     while pos < end:
-        header = parse_header(data[:end], pos)
+        header = parse_header(view, pos)
         if header is None or header.end > end:
             raise Mp4IndexError(f"box at offset {pos} runs past its container (ends at {end})")
         yield header
