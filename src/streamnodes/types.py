@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -18,9 +20,51 @@ import numpy as np
 from streamnodes.format.metadata import EpisodeRef
 
 
+@dataclass(frozen=True, eq=False)
+class FrameMap:
+    """How the frames of a local file that holds only part of a video relate to the original's.
+
+    The Prefetcher's span cache writes, per episode and camera, a small mp4 holding only the samples that
+    decode the episode's frames (:mod:`streamnodes.mp4`); it keeps the original presentation times. The
+    decode path computes frame indices on the ORIGINAL file (``round(t * fps)``, its ``num_frames``) and
+    maps them to the local file's with :meth:`local`; pts checks stay against the original timestamps.
+
+    Attributes:
+        fps: the original file's frame rate (frame index = ``round(t * fps)``).
+        num_frames: the original file's frame count (the bounds check).
+        kept: ascending original frame numbers the local file presents, in its own frame order.
+    """
+
+    fps: float
+    num_frames: int
+    kept: np.ndarray
+
+    def local(self, frames: list[int]) -> list[int] | None:
+        """The local file's frame numbers of original ``frames``; ``None`` if one is not in the file."""
+        wanted = np.asarray(frames, dtype=np.int64)
+        positions = np.searchsorted(self.kept, wanted)
+        clipped = np.minimum(positions, len(self.kept) - 1)
+        if len(self.kept) == 0 or np.any(self.kept[clipped] != wanted):
+            return None
+        return positions.tolist()
+
+
+@dataclass(frozen=True, slots=True)
+class LocalVideo:
+    """A local file to open, and its :class:`FrameMap` (``None``: the whole original file)."""
+
+    path: str
+    frames: FrameMap | None = None
+
+
 @runtime_checkable
 class VideoFile(Protocol):
-    """A video file that may not be local yet (see Prefetcher). ``local_path`` blocks until it is."""
+    """A video file that may not be local yet (see Prefetcher). ``local_path`` blocks until it is.
+
+    A handle may also offer ``use(timeout)``: a context manager yielding a :class:`LocalVideo` and
+    keeping the file on disk while it is open (the span cache may evict unpinned files to make room);
+    see :func:`use_video`.
+    """
 
     def local_path(self, timeout: float | None = None) -> str: ...
 
@@ -31,6 +75,21 @@ VideoLocation = str | VideoFile
 def resolve_video(location: VideoLocation, timeout: float | None = None) -> str:
     """The path torchcodec should open for ``location`` (waiting for a download when needed)."""
     return location if isinstance(location, str) else location.local_path(timeout)
+
+
+@contextlib.contextmanager
+def use_video(location: VideoLocation, timeout: float | None = None) -> Iterator[LocalVideo]:
+    """The local file of ``location`` and how its frames map (waiting for a fetch when needed), kept on
+    disk until the ``with`` block ends. Paths and whole-file handles map frames as they are."""
+    if isinstance(location, str):
+        yield LocalVideo(location)
+        return
+    use = getattr(location, "use", None)
+    if use is None:
+        yield LocalVideo(location.local_path(timeout))
+        return
+    with use(timeout) as local:
+        yield local
 
 
 @dataclass(eq=False, slots=True)

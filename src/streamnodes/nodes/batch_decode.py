@@ -57,8 +57,15 @@ from streamnodes.collate import (
 from streamnodes.decoder_cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_DECODERS, DecoderCache, MiB
 from streamnodes.errors import ConfigError, VideoDecodeError, check_hint, short_text
 from streamnodes.nodes._state import require_keys
-from streamnodes.nodes.video_decode import _IMAGE_DTYPES, _decode_indices, _mismatch, open_query, to_torch
-from streamnodes.types import Sample, VideoQuery
+from streamnodes.nodes.video_decode import (
+    _IMAGE_DTYPES,
+    _mismatch,
+    frame_indices,
+    open_query,
+    to_torch,
+    use_query,
+)
+from streamnodes.types import LocalVideo, Sample, VideoQuery
 
 log = logging.getLogger(__name__)
 
@@ -88,20 +95,19 @@ def decode_query_into(
     frame indices split into ``get_frames_at`` calls by :func:`~streamnodes.collate.plan_decode_calls`.
     Every pts is checked before any pixel is written. Raises :class:`VideoDecodeError`.
     """
-    path, video = open_query(cache, query, timeout)
+    with use_query(query, timeout) as local:
+        return _decode_local_into(cache, query, local, out, tolerance_s, max_gap)
+
+
+def _decode_local_into(
+    cache: DecoderCache, query: VideoQuery, local: LocalVideo, out: torch.Tensor, tolerance_s: float, max_gap: int
+) -> tuple[int, int]:
+    path, video = open_query(cache, query, local=local)
     timestamps = query.timestamps.tolist() if hasattr(query.timestamps, "tolist") else list(query.timestamps)
     if not timestamps:
         raise _mismatch(video, query, timestamps, None, "no timestamps to decode")
-    unique, expand = _decode_indices(timestamps, video.average_fps)
-    if unique[0] < 0 or unique[-1] >= video.num_frames:
-        raise _mismatch(
-            video,
-            query,
-            timestamps,
-            None,
-            f"frame indices {unique[0]}..{unique[-1]} outside 0..{video.num_frames - 1}",
-        )
-    calls = plan_decode_calls(unique, max_gap)
+    unique, expand, in_file = frame_indices(video, local, query, timestamps)
+    calls = plan_decode_calls(in_file, max_gap)
     frames: list[torch.Tensor] = []
     pts: list[float] = []
     for call in calls:

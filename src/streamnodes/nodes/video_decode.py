@@ -20,7 +20,9 @@ decoder cache is a per-instance resource, not state.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -30,7 +32,7 @@ from torchdata.nodes import BaseNode
 from streamnodes.decoder_cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_DECODERS, DecoderCache, OpenVideo
 from streamnodes.errors import ConfigError, StreamNodesError, VideoDecodeError, check_hint, short_text
 from streamnodes.nodes._state import require_keys, shutdown_source
-from streamnodes.types import Sample, VideoQuery, resolve_video
+from streamnodes.types import LocalVideo, Sample, VideoQuery, resolve_video, use_video
 
 _IMAGE_DTYPES = (torch.float32, torch.uint8)
 
@@ -74,15 +76,55 @@ def _decode_indices(timestamps: list[float], fps: float) -> tuple[list[int], lis
     return unique, [position[index] for index in indices]
 
 
-def open_query(cache: DecoderCache, query: VideoQuery, timeout: float | None = None) -> tuple[str, OpenVideo]:
-    """The local path and open decoder for ``query`` (waiting for a download in progress); download and
-    open errors get the query's episode and camera added as attributes."""
+def open_query(
+    cache: DecoderCache, query: VideoQuery, timeout: float | None = None, local: LocalVideo | None = None
+) -> tuple[str, OpenVideo]:
+    """The local path and open decoder for ``query`` (``local``: the file :func:`use_query` yielded; else
+    wait for a download in progress); download and open errors get the query's episode and camera
+    added as attributes."""
     try:
-        path = resolve_video(query.file, timeout)
+        path = local.path if local is not None else resolve_video(query.file, timeout)
         return path, cache.get(path, episode_index=query.episode_index)
     except StreamNodesError as error:
         error.with_context(episode_index=query.episode_index, camera=query.key)
         raise
+
+
+@contextlib.contextmanager
+def use_query(query: VideoQuery, timeout: float | None = None) -> Iterator[LocalVideo]:
+    """``query``'s local file and frame map, kept on disk for the ``with`` block (a span cache may evict
+    unpinned files); download errors get the query's episode and camera added as attributes."""
+    try:
+        with use_video(query.file, timeout) as local:
+            yield local
+    except StreamNodesError as error:
+        error.with_context(episode_index=query.episode_index, camera=query.key)
+        raise
+
+
+def frame_indices(
+    video: OpenVideo, local: LocalVideo, query: VideoQuery, timestamps: list[float]
+) -> tuple[list[int], list[int] | None, list[int]]:
+    """(sorted unique frame indices of the original video, their expansion (see :func:`_decode_indices`),
+    the same frames' indices in the local file). A whole file maps as it is; a fetched span maps through
+    its :class:`~streamnodes.types.FrameMap` (indices from the original file's fps and frame count).
+    Raises :class:`VideoDecodeError` for frames outside the video (or the span)."""
+    frames = local.frames
+    fps = video.average_fps if frames is None else frames.fps
+    total = video.num_frames if frames is None else frames.num_frames
+    unique, expand = _decode_indices(timestamps, fps)
+    if unique[0] < 0 or unique[-1] >= total:
+        raise _mismatch(video, query, timestamps, None, f"frame indices {unique[0]}..{unique[-1]} outside 0..{total - 1}")
+    if frames is None:
+        return unique, expand, unique
+    mapped = frames.local(unique)
+    if mapped is None:
+        raise _mismatch(
+            video, query, timestamps, None,
+            f"frame indices {unique[0]}..{unique[-1]} are not all in the fetched span (original frames "
+            f"{int(frames.kept[0])}..{int(frames.kept[-1])})",
+        )
+    return unique, expand, mapped
 
 
 def decode_query(
@@ -96,17 +138,20 @@ def decode_query(
     Raises :class:`VideoDecodeError` naming file, episode, camera and timestamps (also as attributes;
     download and open errors get the episode and camera added).
     """
-    path, video = open_query(cache, query, timeout)
+    with use_query(query, timeout) as local:
+        return _decode_local(cache, query, local, tolerance_s)
+
+
+def _decode_local(
+    cache: DecoderCache, query: VideoQuery, local: LocalVideo, tolerance_s: float
+) -> tuple[torch.Tensor, int]:
+    path, video = open_query(cache, query, local=local)
     timestamps = query.timestamps.tolist() if isinstance(query.timestamps, np.ndarray) else list(query.timestamps)
     if not timestamps:
         raise _mismatch(video, query, timestamps, None, "no timestamps to decode")
-    unique, expand = _decode_indices(timestamps, video.average_fps)
-    if unique[0] < 0 or unique[-1] >= video.num_frames:
-        raise _mismatch(
-            video, query, timestamps, None, f"frame indices {unique[0]}..{unique[-1]} outside 0..{video.num_frames - 1}"
-        )
+    unique, expand, in_file = frame_indices(video, local, query, timestamps)
     try:
-        batch = video.decoder.get_frames_at(unique)
+        batch = video.decoder.get_frames_at(in_file)
     except (RuntimeError, IndexError, ValueError) as e:
         cache.evict(path)  # a decoder that failed mid-stream is not worth keeping
         raise VideoDecodeError(
