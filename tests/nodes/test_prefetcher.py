@@ -148,7 +148,7 @@ def test_remote_copies_are_identical_and_each_file_downloaded_once(
     originals = _video_files(dataset)
     meta = open_dataset(server.url)
     assert meta.is_remote
-    node = _prefetcher(meta, cache_dir=tmp_path)
+    node = _prefetcher(meta, cache_dir=tmp_path, byte_ranges=False)  # whole files (spans: tests/test_span_cache.py)
     episodes = list(node)  # keep every episode: every file resident at once
     assert [e.episode_index for e in episodes] == list(range(N))
     urls = set()
@@ -182,7 +182,7 @@ def test_remote_copies_are_identical_and_each_file_downloaded_once(
 
 def test_files_live_exactly_as_long_as_their_last_handle(dataset: Path, server, tmp_path: Path) -> None:
     meta = open_dataset(server.url)
-    node = _prefetcher(meta, cache_dir=tmp_path)
+    node = _prefetcher(meta, cache_dir=tmp_path, byte_ranges=False)
     episodes = {ep.episode_index: ep for ep in node}
     users: dict[str, set[int]] = defaultdict(set)  # local path -> episodes holding it
     for i, ep in episodes.items():
@@ -231,7 +231,7 @@ def test_graph_keeps_disk_below_max_bytes_and_ends_empty(dataset: Path, server, 
     source = ShardSource(meta, seed=3, rank=0, world_size=1, worker_id=0, num_workers=1)
     reader = EpisodeReader(meta)
     prefetcher = Prefetcher(
-        EpisodeBatcher(source, reader), meta, cache_dir=tmp_path, max_bytes=max_bytes, **FAST
+        EpisodeBatcher(source, reader), meta, cache_dir=tmp_path, max_bytes=max_bytes, byte_ranges=False, **FAST
     )
     reader = reader.with_videos(prefetcher.wrap)
     # Samples buffered by FrameShuffle outlive their episode's stay in the pool: their handles keep files.
@@ -269,7 +269,7 @@ def test_flaky_server_still_yields_identical_bytes(dataset: Path, tmp_path: Path
     with serve_directory(dataset, faults=faults) as srv:
         meta = open_dataset(srv.url)
         # 1 KiB reads: each file takes several range requests, each of which may fail or be cut.
-        node = _prefetcher(meta, cache_dir=tmp_path, chunk_bytes=1024, retries=5)
+        node = _prefetcher(meta, cache_dir=tmp_path, chunk_bytes=1024, retries=5, byte_ranges=False)
         episodes = list(node)
         for ep in episodes:
             for handle in ep.video_files.values():
@@ -350,7 +350,7 @@ def test_handles_in_reference_cycles_are_collected_when_space_runs_out(
 
 def test_close_deletes_everything_and_stops_threads(dataset: Path, server, tmp_path: Path) -> None:
     meta = open_dataset(server.url)
-    node = _prefetcher(meta, cache_dir=tmp_path)
+    node = _prefetcher(meta, cache_dir=tmp_path, byte_ranges=False)
     episodes = list(node)
     for ep in episodes:
         for h in ep.video_files.values():

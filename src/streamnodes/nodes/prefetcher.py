@@ -1,12 +1,17 @@
 """Prefetcher: Episode -> Episode whose remote video files are local copies being downloaded.
 
 For a remote dataset (``meta.is_remote``: http, hf, s3 ...) each episode's ``video_files[camera]`` URL
-is swapped for a :class:`~streamnodes.video_cache.CachedVideo` handle from a bounded, refcounted
-:class:`~streamnodes.video_cache.VideoCache`. The download starts when the episode passes through,
+is swapped for a :class:`~streamnodes.video_cache.CachedSpan` handle from a bounded, refcounted
+:class:`~streamnodes.video_cache.SpanCache`: only the bytes that decode the episode's frames are fetched
+(byte ranges found in the file's own index, read once per file), written as a small mp4 that the decode
+path opens and maps frames into (docs/prefetch.md). With ``byte_ranges=False`` the handles are
+:class:`~streamnodes.video_cache.CachedVideo` on whole files from a :class:`~streamnodes.video_cache.VideoCache`.
+The download starts when the episode passes through,
 so it overlaps with the pool drawing frames from the episodes already resident; VideoDecode blocks
 in ``resolve_video`` only if the copy is not complete by the time a sample of it leaves the graph.
-A file is deleted when the last handle on it goes (the episode left the pool and no buffered sample
-still refers to it). For a local dataset the node is a pass-through: same objects, no cache, no thread.
+A whole file is deleted when the last handle on it goes (the episode left the pool and no buffered sample
+still refers to it); a span stays on disk, least recently used first out, until its space is needed or the
+source is exhausted. For a local dataset the node is a pass-through: same objects, no cache, no thread.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from torchdata.nodes import BaseNode
 from streamnodes.format.metadata import DatasetMeta
 from streamnodes.nodes._state import require_keys, shutdown_source
 from streamnodes.types import Episode
-from streamnodes.video_cache import GiB, VideoCache
+from streamnodes.video_cache import GiB, SpanCache, VideoCache
+from streamnodes.video_cache.span_cache import DEFAULT_PROBE_BYTES
 
 
 class Prefetcher(BaseNode[Episode]):
@@ -31,14 +37,18 @@ class Prefetcher(BaseNode[Episode]):
         cache_dir: parent directory of the download cache (each Prefetcher makes its own subdirectory,
             removed on ``close()``); ``None``: the system temp dir.
         max_bytes: most bytes of video on disk at once for this node (so per DataLoader worker). It
-            must hold the largest video file, and should hold the files of ``pool_size`` episodes (times
-            cameras) at once or downloads wait for space; see docs/prefetch.md.
-        num_threads: parallel downloads.
+            must hold the spans of the largest episode (all cameras; the largest file when a file is
+            fetched whole), and should hold ``pool_size`` episodes' spans or the prefetch lookahead
+            shortens (nothing stalls); see docs/prefetch.md.
+        num_threads: concurrent prefetches per consumer (a decoder waiting on a span no thread has
+            started fetches it itself).
         retries: failed attempts in a row per file before :class:`~streamnodes.errors.DownloadError`.
         backoff_s: first retry delay (doubles per failure).
         space_timeout_s: how long VideoDecode may wait on a download that cannot get space before a
             :class:`~streamnodes.errors.ConfigError` says to raise ``max_bytes`` or lower the pool size.
-        chunk_bytes: bytes per read (one HTTP range request); retries resume at the last chunk.
+        chunk_bytes: bytes per read (one HTTP range request) of whole files; retries resume at the last chunk.
+        byte_ranges: fetch episode spans (default); ``False``: whole files (the VideoCache).
+        probe_bytes: first ranged read of each file's index (span mode).
 
     State: ``{"source": ...}``; nothing of its own (restored pools re-acquire through their reader,
     which applies :meth:`wrap`).
@@ -58,6 +68,8 @@ class Prefetcher(BaseNode[Episode]):
         backoff_s: float = 0.2,
         space_timeout_s: float = 60.0,
         chunk_bytes: int = 8 * 1024**2,
+        byte_ranges: bool = True,
+        probe_bytes: int = DEFAULT_PROBE_BYTES,
     ) -> None:
         super().__init__()
         self.source = source
@@ -70,16 +82,31 @@ class Prefetcher(BaseNode[Episode]):
         self.backoff_s = float(backoff_s)
         self.space_timeout_s = float(space_timeout_s)
         self.chunk_bytes = int(chunk_bytes)
-        self._cache: VideoCache | None = None
+        self.byte_ranges = bool(byte_ranges)
+        self.probe_bytes = int(probe_bytes)
+        self._cache: SpanCache | VideoCache | None = None
         self.episodes_wrapped = 0
 
     @property
-    def cache(self) -> VideoCache | None:
+    def cache(self) -> SpanCache | VideoCache | None:
         """The download cache (created on the first remote episode; ``None`` for local datasets)."""
         return self._cache
 
-    def _get_cache(self) -> VideoCache:
-        if self._cache is None or self._cache.closed:
+    def _get_cache(self) -> SpanCache | VideoCache:
+        if self._cache is not None and not self._cache.closed:
+            return self._cache
+        if self.byte_ranges:
+            self._cache = SpanCache(
+                self.meta.fs,
+                self.cache_dir,
+                max_bytes=self.max_bytes,
+                num_threads=self.num_threads,
+                retries=self.retries,
+                backoff_s=self.backoff_s,
+                chunk_bytes=self.chunk_bytes,
+                probe_bytes=self.probe_bytes,
+            )
+        else:
             self._cache = VideoCache(
                 self.meta.fs,
                 self.cache_dir,
@@ -101,7 +128,13 @@ class Prefetcher(BaseNode[Episode]):
         self.source.reset(initial_state[self.SOURCE_KEY])
 
     def next(self) -> Episode:
-        return self.wrap(next(self.source))
+        try:
+            episode = next(self.source)
+        except StopIteration:
+            if isinstance(self._cache, SpanCache):
+                self._cache.drain()  # no more episodes: spans go with their last handle, not kept for reuse
+            raise
+        return self.wrap(episode)
 
     def wrap(self, episode: Episode) -> Episode:
         """``episode`` with its remote video URLs swapped for handles on local copies (downloads start now).
@@ -111,10 +144,18 @@ class Prefetcher(BaseNode[Episode]):
         if not self.remote or not episode.video_files:
             return episode
         cache = self._get_cache()
-        files = {
-            camera: cache.acquire(location) if isinstance(location, str) else location
-            for camera, location in episode.video_files.items()
-        }
+        if isinstance(cache, SpanCache):
+            remote = [
+                (camera, location, episode.ref.video(camera).from_timestamp, episode.length)
+                for camera, location in episode.video_files.items()
+                if isinstance(location, str)
+            ]
+            files = {**episode.video_files, **cache.acquire_episode(episode.episode_index, remote)}
+        else:
+            files = {
+                camera: cache.acquire(location) if isinstance(location, str) else location
+                for camera, location in episode.video_files.items()
+            }
         self.episodes_wrapped += 1
         # A new Episode: the source's object (which it may keep) never holds references into the cache.
         return Episode(ref=episode.ref, columns=episode.columns, video_files=files)

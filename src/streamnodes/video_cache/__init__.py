@@ -1,4 +1,7 @@
-"""A bounded, refcounted local cache of remote video files (what the Prefetcher hands out).
+"""Bounded, refcounted local caches of remote videos: :class:`SpanCache` (what the Prefetcher hands out:
+per episode and camera only the bytes that decode the episode, as a small mp4; see
+:mod:`.span_cache` and docs/prefetch.md) and :class:`VideoCache` (whole files, described below; the
+Prefetcher's ``byte_ranges=False``).
 
 ``VideoCache.acquire(url)`` returns a :class:`CachedVideo` handle at once and starts the download in a
 background thread; ``handle.local_path()`` blocks until the local copy is complete. Every handle holds
@@ -31,10 +34,13 @@ The parts, each small and usable on its own:
 - :mod:`.download`: copying one file chunk by chunk through a retry function (no cache state);
 - :mod:`.locking`: :class:`~.locking.DeferringLock`, so finalizers in any thread never block;
 - :mod:`.core`: the threads, waits and counters that tie them together;
-- :mod:`.handle` and :mod:`.cache`: the public :class:`CachedVideo` and :class:`VideoCache`.
+- :mod:`.handle` and :mod:`.cache`: the public :class:`CachedVideo` and :class:`VideoCache`;
+- :mod:`.span_plan` (pure: an episode's frames and span in an indexed file) and :mod:`.span_cache`
+  (:class:`SpanCache`, :class:`CachedSpan`).
 """
 
 from streamnodes.video_cache.cache import GiB, MiB, VideoCache
 from streamnodes.video_cache.handle import CachedVideo
+from streamnodes.video_cache.span_cache import CachedSpan, SpanCache
 
-__all__ = ["GiB", "MiB", "CachedVideo", "VideoCache"]
+__all__ = ["GiB", "MiB", "CachedSpan", "CachedVideo", "SpanCache", "VideoCache"]
