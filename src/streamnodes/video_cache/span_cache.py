@@ -69,7 +69,7 @@ __all__ = ["CachedSpan", "SpanCache", "SpanState"]
 log = logging.getLogger("streamnodes.video_cache")
 
 _POLL_S = 0.05
-DEFAULT_PROBE_BYTES = 16 * 1024
+DEFAULT_PROBE_BYTES = 4 * 1024  # the head of the file; spans reuse what the index reads read
 
 
 class _Closed(Exception):
@@ -97,6 +97,7 @@ class _File:
     whole: bool = False  # no usable index: spans of this file are the whole file
     read: bool = False
     body: bytes | None = None  # the whole file, when its server ignored Range
+    known: list[tuple[int, bytes]] = field(default_factory=list)  # what the index reads read: spans reuse it
 
 
 @dataclass(eq=False)
@@ -132,6 +133,27 @@ def _delete_file(path: str) -> None:
         os.truncate(path, 0)
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)
+
+
+def known_then_fetch(known: Sequence[tuple[int, bytes]], offset: int, length: int, fetch) -> bytearray:  # noqa: ANN001
+    """Bytes ``[offset, offset + length)`` taken from the ``known`` ``(offset, bytes)`` chunks where they
+    cover them, the gaps read with ``fetch(offset, length)`` (one read per gap). Pure but for ``fetch``."""
+    chunks = sorted(known, key=lambda c: c[0])
+    out = bytearray()
+    pos, end = offset, offset + length
+    while pos < end:
+        inside = next((c for c in chunks if c[0] <= pos < c[0] + len(c[1])), None)
+        if inside is not None:
+            start, data = inside
+            take = min(end, start + len(data)) - pos
+            out += memoryview(data)[pos - start : pos - start + take]
+            pos += take
+            continue
+        following = [c[0] for c in chunks if c[0] > pos]
+        stop = min([end, *following])
+        out += fetch(pos, stop - pos)
+        pos = stop
+    return out
 
 
 class SpanCache:
@@ -420,6 +442,16 @@ class SpanCache:
 
     def _reader(self, info: _File, *, count: str = "index_bytes"):  # noqa: ANN202 - a ReadRange
         def read(offset: int, length: int) -> bytes:
+            body = info.body
+            if body is not None:
+                return body[offset : offset + length]
+            if count == "index_bytes":
+                data = fetch(offset, length)
+                info.known.append((offset, data))
+                return data
+            return bytes(known_then_fetch(info.known, offset, length, fetch))
+
+        def fetch(offset: int, length: int) -> bytes:
             body = info.body
             if body is not None:
                 return body[offset : offset + length]
