@@ -3,7 +3,8 @@
 Every node that rebuilds data from a state (the pool re-reads its resident episodes; the shuffle
 buffer re-cuts its samples) is *given* a reader by whoever builds the graph, instead of asking the
 nodes upstream to forward a hook. The reader owns what reading needs: an LRU of open parquet files
-(each footer parsed once while the file stays open) and, for remote datasets, a step that swaps
+and every footer parsed so far (each footer read once per reader, kept when its file is closed; a
+remote episode's rows are one ranged read of its row group) and, for remote datasets, a step that swaps
 video URLs for handles on local copies (the Prefetcher's :meth:`~streamnodes.nodes.Prefetcher.wrap`),
 so a restored episode fetches its videos again.
 
@@ -34,7 +35,7 @@ class EpisodeReader:
         meta: the dataset.
         columns: data features to read (default: all, what LeRobot returns); ``timestamp`` and
             ``task_index`` are added when the dataset has them.
-        max_open_files: parquet files kept open (consecutive episodes of a file share its footer).
+        max_open_files: parquet files kept open (their footers are kept for every file, open or not).
         videos: a step applied to every episode read (remote datasets: swap URLs for local copies).
     """
 
@@ -90,7 +91,8 @@ class EpisodeReader:
         return out
 
     def shutdown(self) -> None:
-        """Close the open parquet files (the reader stays usable: files reopen on the next read)."""
+        """Close the open parquet files (the reader stays usable: files reopen on the next read, with the
+        footers already parsed)."""
         self._files.close()
 
     def __repr__(self) -> str:

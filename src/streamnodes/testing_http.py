@@ -126,6 +126,7 @@ class HTTPTestServer:
     _consecutive: Counter = field(default_factory=Counter, repr=False)
     _forbidden_served: Counter = field(default_factory=Counter, repr=False)
     _bytes: Counter = field(default_factory=Counter, repr=False)
+    _spans: dict = field(default_factory=dict, repr=False)  # path -> [(start, stop), ...] of GET bodies
     bytes_sent: int = 0
     _rng: random.Random | None = field(default=None, repr=False)
 
@@ -144,6 +145,12 @@ class HTTPTestServer:
         """Body bytes sent for ``path`` (relative to the root), all requests together; error pages excluded."""
         with self._lock:
             return self._bytes[path.lstrip("/")]
+
+    def spans_of(self, path: str) -> list[tuple[int, int]]:
+        """Byte ranges ``[start, stop)`` that ``GET`` answers for ``path`` carried, in order (faulty ones
+        included; a dropped body counts as asked). ``(0, size)`` for a whole file."""
+        with self._lock:
+            return list(self._spans.get(path.lstrip("/"), ()))
 
     @property
     def bytes_by_path(self) -> dict[str, int]:
@@ -164,6 +171,7 @@ class HTTPTestServer:
             self._faults_injected.clear()
             self._consecutive.clear()
             self._bytes.clear()
+            self._spans.clear()
             self.bytes_sent = 0
 
     def set_faults(self, faults: Faults) -> None:
@@ -307,6 +315,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not body:
             return
+        with self.state._lock:
+            self.state._spans.setdefault(rel, []).append((start, stop))
         to_send = length // 2 if decision.drop else length
         with open(path, "rb") as f:
             f.seek(start)

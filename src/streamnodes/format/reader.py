@@ -1,9 +1,16 @@
-"""Reading one episode's rows: exactly one row group of one data file, only the columns asked for."""
+"""Reading one episode's rows: exactly one row group of one data file, only the columns asked for.
+
+Remote files cost what an episode needs: a footer is fetched once per consumer (exactly its bytes,
+:func:`read_footer`) and kept by :class:`ParquetFileCache` after the file is closed, and a row group is
+one ranged read of its column chunks' span (:func:`row_group_span`), parsed from memory.
+"""
 
 from __future__ import annotations
 
+import io
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,57 +39,223 @@ def column_to_numpy(column: pa.ChunkedArray | pa.Array, shape: Sequence[int] = (
     return array.to_numpy(zero_copy_only=False)
 
 
-def open_parquet(meta: DatasetMeta, relative_path: str) -> pq.ParquetFile:
-    """Open a data file of ``meta`` and parse its footer, with errors that name the file.
+#: bytes of a parquet file's trailer: the footer's length (4 bytes, little endian) and the magic ``PAR1``
+TRAILER_BYTES = 8
+_MAGIC = b"PAR1"
 
-    Remote files are read through :class:`~streamnodes.format.retry.RetryingRangeFile`: every ranged
-    request is retried on transient failures, and :class:`DownloadError` names the URL when the
-    retries run out.
+
+def footer_tail_size(file_size: int, largest_footer: int) -> int:
+    """Bytes to read from the end of a remote file of ``file_size`` bytes to get its footer in one request.
+
+    Before any footer of the dataset is known (``largest_footer == 0``) only the trailer is read (8 bytes;
+    the footer itself takes a second request), so no bytes of row groups are fetched by guesswork, as
+    pyarrow's 64 KiB speculative read does (a whole small file). Once a footer is known, the files of
+    one dataset have footers of similar length: the largest seen plus an eighth, then one request.
     """
+    want = TRAILER_BYTES if largest_footer <= 0 else largest_footer + largest_footer // 8 + TRAILER_BYTES
+    return max(0, min(file_size, want))
+
+
+def read_footer(handle: RetryingRangeFile, largest_footer: int = 0) -> pq.FileMetaData:
+    """The parsed footer of the remote parquet file behind ``handle``, in one or two ranged reads.
+
+    The first read is the file's last :func:`footer_tail_size` bytes; if the trailer there says the
+    footer is longer, a second read fetches the missing bytes just before them. A damaged trailer is
+    left to pyarrow, whose error (``ArrowInvalid``/``OSError``) the caller words.
+    """
+    size = handle.size
+    n = footer_tail_size(size, largest_footer)
+    tail = handle.read_at(size - n, n)
+    if len(tail) >= TRAILER_BYTES and tail[-4:] == _MAGIC:
+        need = int.from_bytes(tail[-8:-4], "little") + TRAILER_BYTES
+        if len(tail) < need <= size:
+            tail = handle.read_at(size - need, need - len(tail)) + tail
+    return pq.read_metadata(pa.BufferReader(tail))
+
+
+def row_group_span(metadata: pq.FileMetaData, row_group: int, columns: Sequence[str] | None = None) -> tuple[int, int]:
+    """Byte range ``[start, end)`` of row group ``row_group``'s column chunks (of ``columns``, default all).
+
+    A chunk starts at its dictionary page when it has one (before its data pages), else at its first data
+    page, and spans ``total_compressed_size`` bytes (pyarrow's own rule). A column is a top-level field:
+    its leaf chunks are named ``name`` or ``name.<nested path>`` (``observation.state.list.element``).
+    Columns matching no chunk are ignored; if none matches, the whole row group is spanned.
+    """
+    group = metadata.row_group(row_group)
+    chunks = [group.column(i) for i in range(group.num_columns)]
+    if columns is not None:
+        prefixes = tuple(f"{name}." for name in columns)
+        wanted = set(columns)
+        picked = [c for c in chunks if c.path_in_schema in wanted or c.path_in_schema.startswith(prefixes)]
+        chunks = picked or chunks
+    starts, ends = [], []
+    for c in chunks:
+        start = c.data_page_offset
+        dictionary = c.dictionary_page_offset
+        if c.has_dictionary_page and dictionary is not None and 0 < dictionary < start:
+            start = dictionary
+        starts.append(start)
+        ends.append(start + c.total_compressed_size)
+    return min(starts), max(ends)
+
+
+class _SpanFile(io.RawIOBase):
+    """A read-only view of a remote file whose bytes ``[start, start + len(data))`` are already in memory.
+
+    pyarrow parses one row group from it (given the file's footer, so it reads nothing else): reads inside
+    the span are served from ``data``; a read outside it (a writer's chunk padding pyarrow adds) goes to
+    the file, one ranged request.
+    """
+
+    def __init__(self, handle: RetryingRangeFile, start: int, data: bytes) -> None:
+        super().__init__()
+        self.handle, self.start, self.data = handle, start, memoryview(data)
+        self.size = handle.size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        begin = self._pos
+        end = self.size if n is None or n < 0 else min(self.size, begin + n)
+        if self.start <= begin and end <= self.start + len(self.data):
+            out = self.data[begin - self.start : end - self.start].tobytes()
+        else:
+            out = self.handle.read_at(begin, end - begin)
+        self._pos = begin + len(out)
+        return out
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001 - any writable buffer
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _open_handle(meta: DatasetMeta, relative_path: str) -> RetryingRangeFile | io.IOBase:
     path = meta.url(relative_path)
     try:
-        handle = RetryingRangeFile(meta.fs, path) if meta.is_remote else meta.fs.open(path, "rb")
+        return RetryingRangeFile(meta.fs, path) if meta.is_remote else meta.fs.open(path, "rb")
     except FileNotFoundError:
         raise DatasetFormatError(
             f"{path}: data file missing (the episodes table points to it). Restore or re-download it. "
             f"{check_hint(meta.root)}",
             path=path,
         ) from None
+
+
+def _parse(
+    meta: DatasetMeta, relative_path: str, handle, metadata: pq.FileMetaData | None, largest_footer: int  # noqa: ANN001
+) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(handle)
+        if metadata is None and isinstance(handle, RetryingRangeFile):
+            metadata = read_footer(handle, largest_footer)
+        return pq.ParquetFile(handle, metadata=metadata)
     except (pa.ArrowInvalid, OSError) as e:
         handle.close()
+        path = meta.url(relative_path)
         raise DatasetFormatError(
             f"{path}: not a readable parquet file (corrupt or truncated footer: {e}). Re-download or re-write it. "
             f"{check_hint(meta.root)}",
             path=path,
         ) from None
+    except BaseException:
+        handle.close()
+        raise
+
+
+def open_parquet(meta: DatasetMeta, relative_path: str, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
+    """Open a data file of ``meta`` and parse its footer (unless ``metadata`` is given), with errors that name the file.
+
+    Remote files are read through :class:`~streamnodes.format.retry.RetryingRangeFile`: every ranged
+    request is retried on transient failures, and :class:`DownloadError` names the URL when the
+    retries run out. Their footer is fetched by :func:`read_footer` (exactly its bytes, in two
+    requests), not by pyarrow's speculative 64 KiB read.
+    """
+    return _parse(meta, relative_path, _open_handle(meta, relative_path), metadata, 0)
+
+
+@dataclass
+class _OpenFile:
+    pf: pq.ParquetFile
+    handle: RetryingRangeFile | None  # remote files: row groups are read through it
 
 
 class ParquetFileCache:
-    """A small LRU of open parquet files, so consecutive episodes of one file parse its footer once."""
+    """Open parquet files (a small LRU) and every footer parsed so far, for one consumer.
+
+    Footers (``pq.FileMetaData``, compact) are kept after their file leaves the LRU, so a file that is
+    opened again parses, and for remote files fetches, no footer: each footer is read once per cache.
+    Remote row groups are read with one ranged request each (:meth:`read_row_group`).
+    """
 
     def __init__(self, meta: DatasetMeta, max_open: int = 4) -> None:
         self.meta = meta
         self.max_open = max_open
-        self._open: OrderedDict[str, pq.ParquetFile] = OrderedDict()
+        self._open: OrderedDict[str, _OpenFile] = OrderedDict()
+        self._footers: dict[str, pq.FileMetaData] = {}
+        self._largest_footer = 0
+        self.footer_reads = 0  # footers parsed from their file (each file: once)
 
-    def get(self, relative_path: str) -> pq.ParquetFile:
-        pf = self._open.get(relative_path)
-        if pf is not None:
+    def _entry(self, relative_path: str) -> _OpenFile:
+        entry = self._open.get(relative_path)
+        if entry is not None:
             self._open.move_to_end(relative_path)
-            return pf
-        pf = open_parquet(self.meta, relative_path)
-        self._open[relative_path] = pf
+            return entry
+        handle = _open_handle(self.meta, relative_path)
+        known = self._footers.get(relative_path)
+        pf = _parse(self.meta, relative_path, handle, known, self._largest_footer)
+        if known is None:
+            self.footer_reads += 1
+            self._footers[relative_path] = pf.metadata
+            self._largest_footer = max(self._largest_footer, pf.metadata.serialized_size)
+        entry = self._open[relative_path] = _OpenFile(pf, handle if isinstance(handle, RetryingRangeFile) else None)
         while len(self._open) > self.max_open:
             _, old = self._open.popitem(last=False)
-            old.close(force=True)
-        return pf
+            _close(old)
+        return entry
+
+    def get(self, relative_path: str) -> pq.ParquetFile:
+        """The open file (opened now if it is not; its footer parsed only the first time)."""
+        return self._entry(relative_path).pf
+
+    def read_row_group(self, relative_path: str, row_group: int, columns: Sequence[str]) -> pa.Table:
+        """Row group ``row_group`` of a data file, projected to ``columns``.
+
+        Remote: one ranged read of the row group's byte span (:func:`row_group_span`), parsed from memory
+        with the kept footer. Local: pyarrow reads the file.
+        """
+        entry = self._entry(relative_path)
+        if entry.handle is None:
+            return entry.pf.read_row_group(row_group, columns=list(columns))
+        metadata = entry.pf.metadata
+        start, end = row_group_span(metadata, row_group, columns)
+        data = entry.handle.read_at(start, end - start)
+        span = _SpanFile(entry.handle, start, data)
+        return pq.ParquetFile(span, metadata=metadata, pre_buffer=False).read_row_group(row_group, columns=list(columns))
 
     def close(self) -> None:
-        for pf in self._open.values():
-            pf.close(force=True)
+        """Close the open files (footers stay known: reopening a file reads no footer)."""
+        for entry in self._open.values():
+            _close(entry)
         self._open.clear()
+
+
+def _close(entry: _OpenFile) -> None:
+    entry.pf.close(force=True)
+    if entry.handle is not None:
+        entry.handle.close()
 
 
 def read_episode_columns(
@@ -116,7 +289,7 @@ def read_episode_columns(
                 f"(it has {pf.schema_arrow.names}). Ask only for features of this dataset.",
                 path=path, episode_index=ref.episode_index,
             )
-        table = pf.read_row_group(ref.row_group, columns=wanted)  # remote: ranges retried in RetryingRangeFile
+        table = files.read_row_group(ref.data_path, ref.row_group, wanted)  # remote: one retried ranged read
     except (pa.ArrowInvalid, OSError) as e:
         raise DatasetFormatError(
             f"{path}: episode {ref.episode_index} (row group {ref.row_group}) cannot be read ({e}). "
