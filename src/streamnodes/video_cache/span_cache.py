@@ -6,8 +6,10 @@ a small self-contained mp4 (:mod:`streamnodes.mp4`: ``read_index`` -> ``episode_
 tells the decode path how original frame numbers map into it. Each file's index is read once per cache
 (1-3 ranged reads, kept in memory). A file that cannot be indexed (:class:`~streamnodes.mp4.Mp4IndexError`,
 or an episode whose frames are not in it) is fetched whole instead, once per residency, logged once per file.
-A server that ignores ``Range`` answers the first read with the whole file: the body is kept (the
-``keep_bodies`` most recent files) and every span of that file is cut from it, without another request.
+A server that ignores ``Range`` answers the first read with the whole file: the body is written once to
+the cache directory (memory-mapped, so it costs page cache, not heap) and every span of that file is cut
+from it without another request; bodies are dropped least recently used first when together they would
+exceed ``max_bytes``.
 
 Space: at most ``max_bytes`` on disk (complete and partial files). Entries are refcounted by their handles
 (pooled episodes and buffered samples hold them); an entry whose last handle went stays on disk, least
@@ -30,6 +32,7 @@ import contextlib
 import enum
 import functools
 import logging
+import mmap
 import os
 import posixpath
 import shutil
@@ -167,7 +170,8 @@ class SpanCache:
         retries, backoff_s, max_backoff_s: the project's retry policy per read.
         chunk_bytes: bytes per read of whole-file fallbacks.
         probe_bytes: first read of each file's index (a front ``moov`` of short files fits).
-        keep_bodies: whole bodies kept in memory from servers that ignore ``Range``.
+        keep_bodies: deprecated, unused: whole bodies from servers that ignore ``Range`` are kept on disk
+            within ``max_bytes`` instead.
     """
 
     def __init__(
@@ -470,12 +474,23 @@ class SpanCache:
         return read
 
     def _keep_body(self, info: _File, body: bytes) -> None:
+        """Keep a whole body (its server ignored Range) as a memory-mapped file in the cache directory, so
+        every later span of the file is cut from it: one whole GET per file and consumer while the bodies
+        fit in ``max_bytes`` together (least recently used ones are dropped first)."""
         with self._files_lock:
-            info.body = body
+            self._serial += 1
+            path = os.path.join(self.directory, f".whole-{self._serial:06d}.mp4")
+            with open(path, "wb") as f:
+                f.write(body)
+            with open(path, "rb") as f:
+                info.body = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if body else b""
+            os.unlink(path)  # the mapping keeps the bytes; nothing is left behind if the process dies
             self._bodies.pop(info.url, None)
             self._bodies[info.url] = None
-            while len(self._bodies) > max(self.keep_bodies, 1):
+            total = sum(len(self._files[u].body or b"") for u in self._bodies)
+            while total > self.max_bytes and len(self._bodies) > 1:
                 old, _ = self._bodies.popitem(last=False)
+                total -= len(self._files[old].body or b"")
                 self._files[old].body = None
 
     def _count(self, n: int, what: str) -> None:
