@@ -24,6 +24,7 @@ from typing import Any
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from streamnodes.errors import (
@@ -43,9 +44,8 @@ from streamnodes.format.metadata import (
     STATS_PATH,
     TASKS_PATH,
     DatasetMeta,
-    EpisodeRef,
+    EpisodeTable,
     Feature,
-    VideoSegment,
 )
 from streamnodes.format.retry import with_retries
 from streamnodes.format.validate import check_data_files
@@ -91,7 +91,7 @@ def open_dataset(
         features = _parse_features(info, url(INFO_PATH))
         tasks = _read_tasks(fs, url(TASKS_PATH))
         table, episode_files = _read_episodes_table(fs, url, info)
-        episodes = _episode_refs(table, info, features, tasks, episode_files)
+        episodes = _episode_table(table, info, features, tasks, episode_files)
         stats = _read_stats(fs, url(STATS_PATH))
         meta = DatasetMeta(root=root, info=info, features=features, tasks=tasks, episodes=episodes, stats=stats)
         _check_totals(meta, url(INFO_PATH))
@@ -236,7 +236,7 @@ def _read_episodes_table(fs: fsspec.AbstractFileSystem, url, info: Mapping[str, 
         rel = EPISODES_PATH.format(chunk_index=chunk, file_index=file_index)
         path = url(rel)
         try:
-            table = pq.read_table(pa.BufferReader(_read_bytes(fs, path)))
+            table = _read_episodes_file(_read_bytes(fs, path))
         except FileNotFoundError:
             raise DatasetFormatError(
                 f"{path}: missing; the episodes table read so far has {rows} of total_episodes={total} "
@@ -260,13 +260,39 @@ def _read_episodes_table(fs: fsspec.AbstractFileSystem, url, info: Mapping[str, 
     return table, files
 
 
-def _episode_refs(
+def _read_episodes_file(data: bytes) -> pa.Table:
+    """One episodes-metadata file without its ``stats/*`` columns: per-episode statistics are most of
+    the file (kilobytes per episode) and streamnodes never reads them, so they are not decoded."""
+    pf = pq.ParquetFile(pa.BufferReader(data))
+    return pf.read(columns=[name for name in pf.schema_arrow.names if not name.startswith("stats/")])
+
+
+def _first(mask: np.ndarray) -> int | None:
+    """Position of the first true value of ``mask``, or ``None``."""
+    hits = np.flatnonzero(mask)
+    return int(hits[0]) if len(hits) else None
+
+
+def _file_ids(chunk: np.ndarray, file: np.ndarray, template: str, **names: str) -> tuple[np.ndarray, list[str]]:
+    """Each row's (chunk, file) as a position in the list of distinct file paths (formatted once each)."""
+    pairs = np.stack([np.asarray(chunk, dtype=np.int64), np.asarray(file, dtype=np.int64)], axis=1)
+    unique, ids = np.unique(pairs, axis=0, return_inverse=True)
+    paths = [template.format(chunk_index=int(c), file_index=int(f), **names) for c, f in unique]
+    return ids.reshape(-1).astype(np.int64), paths
+
+
+def _episode_table(
     table: pa.Table,
     info: Mapping[str, Any],
     features: Mapping[str, Feature],
     tasks: Sequence[str],
     episode_files: Sequence[str],
-) -> tuple[EpisodeRef, ...]:
+) -> EpisodeTable:
+    """The episodes table as columns, checked with array operations (no Python loop over episodes).
+
+    When several episodes are wrong, the error names the first in episode-index order, and for one
+    episode the checks run in this order: length and index range, tasks, each camera's timestamps.
+    """
     where = episode_files[0] if len(episode_files) == 1 else f"{episode_files[0]} (+{len(episode_files) - 1} files)"
     table_path = episode_files[0] if len(episode_files) == 1 else None  # errors' .path: the file, when it is one
     video_keys = [k for k, f in features.items() if f.is_video]
@@ -276,76 +302,96 @@ def _episode_refs(
     missing = [c for c in required if c not in table.column_names]
     if missing:
         raise DatasetFormatError(f"{where}: episodes table lacks columns {missing}; re-write the metadata with LeRobot v3.0.", path=table_path)
-    cols = {c: table.column(c).to_numpy() for c in required}
-    ep_tasks = table.column("tasks").to_pylist() if "tasks" in table.column_names else [[] for _ in range(table.num_rows)]
 
-    order = np.argsort(cols["episode_index"], kind="stable")
-    indices = cols["episode_index"][order]
-    if len(np.unique(indices)) != len(indices):
+    order = np.argsort(table.column("episode_index").to_numpy(), kind="stable")
+    cols = {c: table.column(c).to_numpy()[order] for c in required}
+    indices = cols["episode_index"].astype(np.int64)
+    if len(indices) > 1 and not (np.diff(indices) > 0).all():
         dup = sorted({int(i) for i in indices[1:][np.diff(indices) == 0]})
         raise DatasetConsistencyError(f"{where}: episode indices {dup} appear more than once in the episodes table. Re-write the metadata so each episode is listed once.", path=table_path)
 
-    data_template = info["data_path"]
-    video_template = info.get("video_path")
-    # Row group of each episode: its rank among the episodes of the same data file, by index range.
-    data_files = [
-        data_template.format(chunk_index=int(c), file_index=int(f))
-        for c, f in zip(cols["data/chunk_index"], cols["data/file_index"], strict=True)
-    ]
-    row_group = np.zeros(len(data_files), dtype=np.int64)
-    by_file: dict[str, list[int]] = {}
-    for i, path in enumerate(data_files):
-        by_file.setdefault(path, []).append(i)
-    for rows in by_file.values():
-        for rank, i in enumerate(sorted(rows, key=lambda r: cols["dataset_from_index"][r])):
-            row_group[i] = rank
+    # Tasks of each episode as ids into ``tasks`` (null: not in meta/tasks.parquet), in CSR form.
+    if "tasks" in table.column_names:
+        lists = table.column("tasks").combine_chunks().take(pa.array(order))
+        counts = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        values = pc.list_flatten(lists).cast(pa.string())
+        ids = pc.index_in(values, value_set=pa.array(list(tasks), type=pa.string()))
+        task_ids = ids.to_numpy(zero_copy_only=False)
+        unknown_value = np.isnan(task_ids) if task_ids.dtype.kind == "f" else np.zeros(len(task_ids), dtype=bool)
+        task_ids = np.where(unknown_value, -1, task_ids).astype(np.int64)
+    else:
+        counts = np.zeros(len(indices), dtype=np.int64)
+        task_ids, unknown_value, values = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), pa.array([], pa.string())
+    task_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
-    refs = []
-    for i in order:
-        ep = int(cols["episode_index"][i])
-        length = int(cols["length"][i])
-        start, stop = int(cols["dataset_from_index"][i]), int(cols["dataset_to_index"][i])
-        if length <= 0 or stop - start != length:
+    # The first bad episode of each check; the smallest position wins, ties go to the earlier check.
+    length = cols["length"].astype(np.int64)
+    start, stop = cols["dataset_from_index"].astype(np.int64), cols["dataset_to_index"].astype(np.int64)
+    problems: list[tuple[int, int, Any]] = []
+    bad = _first((length <= 0) | (stop - start != length))
+    if bad is not None:
+        problems.append((bad, 0, None))
+    if unknown_value.any():
+        owner = np.searchsorted(task_offsets, np.flatnonzero(unknown_value), side="right") - 1
+        problems.append((int(owner[0]), 1, None))
+    for k, key in enumerate(video_keys):
+        t0 = cols[f"videos/{key}/from_timestamp"].astype(np.float64)
+        t1 = cols[f"videos/{key}/to_timestamp"].astype(np.float64)
+        bad = _first(~((t1 > t0) & (t0 >= 0)))
+        if bad is not None:
+            problems.append((bad, 2 + k, key))
+    if problems:
+        i, check, key = min(problems, key=lambda p: (p[0], p[1]))
+        ep = int(indices[i])
+        if check == 0:
             raise DatasetConsistencyError(
-                f"{where}: episode {ep} has length {length} but index range [{start}, {stop}); "
+                f"{where}: episode {ep} has length {int(length[i])} but index range [{int(start[i])}, {int(stop[i])}); "
                 "the episodes table disagrees with itself. Re-write the metadata.",
                 path=table_path,
                 episode_index=ep,
             )
-        unknown = [t for t in ep_tasks[i] if t not in tasks]
-        if unknown:
+        if check == 1:
+            mine = values.slice(int(task_offsets[i]), int(counts[i])).to_pylist()
+            unknown = [t for t in mine if t not in tasks]
             raise DatasetConsistencyError(f"{where}: episode {ep} lists tasks {unknown} that are not in meta/tasks.parquet. Add them to meta/tasks.parquet or fix the episode's tasks.", path=table_path, episode_index=ep
             )
-        videos = []
-        for key in video_keys:
-            t0 = float(cols[f"videos/{key}/from_timestamp"][i])
-            t1 = float(cols[f"videos/{key}/to_timestamp"][i])
-            if not t1 > t0 >= 0:
-                raise DatasetConsistencyError(
-                    f"{where}: episode {ep} camera {key!r} has from_timestamp={t0}, to_timestamp={t1}; expected 0 <= from < to. Re-write the episodes table.",
-                    path=table_path,
-                    episode_index=ep,
-                    camera=key,
-                )
-            path = video_template.format(
-                video_key=key,
-                chunk_index=int(cols[f"videos/{key}/chunk_index"][i]),
-                file_index=int(cols[f"videos/{key}/file_index"][i]),
-            )
-            videos.append(VideoSegment(key, path, t0, t1))
-        refs.append(
-            EpisodeRef(
-                episode_index=ep,
-                length=length,
-                dataset_from_index=start,
-                dataset_to_index=stop,
-                data_path=data_files[i],
-                row_group=int(row_group[i]),
-                tasks=tuple(str(t) for t in ep_tasks[i]),
-                videos=tuple(videos),
-            )
+        t0, t1 = float(cols[f"videos/{key}/from_timestamp"][i]), float(cols[f"videos/{key}/to_timestamp"][i])
+        raise DatasetConsistencyError(
+            f"{where}: episode {ep} camera {key!r} has from_timestamp={t0}, to_timestamp={t1}; expected 0 <= from < to. Re-write the episodes table.",
+            path=table_path,
+            episode_index=ep,
+            camera=key,
         )
-    return tuple(refs)
+
+    data_file, data_files = _file_ids(cols["data/chunk_index"], cols["data/file_index"], info["data_path"])
+    # Row group of each episode: its rank among the episodes of the same data file, by index range.
+    by_file = np.lexsort((start, data_file))
+    first_of_file = np.searchsorted(data_file[by_file], data_file[by_file], side="left")
+    row_group = np.empty(len(indices), dtype=np.int64)
+    row_group[by_file] = np.arange(len(indices)) - first_of_file
+
+    video_file, video_files = [], []
+    for key in video_keys:
+        ids, paths = _file_ids(cols[f"videos/{key}/chunk_index"], cols[f"videos/{key}/file_index"],
+                               info.get("video_path"), video_key=key)
+        video_file.append(ids)
+        video_files.append(paths)
+    return EpisodeTable(
+        index=indices,
+        length=length,
+        start=start,
+        data_file=data_file,
+        data_files=data_files,
+        row_group=row_group,
+        tasks=tasks,
+        task_ids=task_ids,
+        task_offsets=task_offsets,
+        cameras=video_keys,
+        video_file=video_file,
+        video_files=video_files,
+        video_from=[cols[f"videos/{key}/from_timestamp"] for key in video_keys],
+        video_to=[cols[f"videos/{key}/to_timestamp"] for key in video_keys],
+    )
 
 
 def _check_totals(meta: DatasetMeta, info_path: str) -> None:
@@ -362,14 +408,16 @@ def _check_totals(meta: DatasetMeta, info_path: str) -> None:
             f"{meta.total_frames}. Fix info.json or the episodes table.",
             path=info_path,
         )
-    ranges = sorted((ep.dataset_from_index, ep.dataset_to_index, ep.episode_index) for ep in meta.episodes)
-    expected = 0
-    for start, stop, ep in ranges:
-        if start != expected:
-            raise DatasetConsistencyError(
-                f"meta/episodes: episode {ep} starts at global index {start}, expected {expected}; "
-                "global index ranges must be contiguous from 0. Re-write the episodes table.",
-                path="meta/episodes",
-                episode_index=ep,
-            )
-        expected = stop
+    table = meta.episodes
+    stop = table.start + table.length
+    order = np.lexsort((table.index, stop, table.start))  # by (from, to, episode), as sorted tuples
+    starts, stops = table.start[order], stop[order]
+    expected = np.concatenate([[0], stops[:-1]]) if len(stops) else stops
+    bad = _first(starts != expected)
+    if bad is not None:
+        raise DatasetConsistencyError(
+            f"meta/episodes: episode {int(table.index[order[bad]])} starts at global index {int(starts[bad])}, "
+            f"expected {int(expected[bad])}; global index ranges must be contiguous from 0. Re-write the episodes table.",
+            path="meta/episodes",
+            episode_index=int(table.index[order[bad]]),
+        )

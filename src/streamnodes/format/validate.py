@@ -11,7 +11,7 @@ import logging
 import os
 import posixpath
 import tempfile
-from collections import defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -31,8 +31,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def check_data_file(meta: DatasetMeta, relative_path: str, episodes: list[EpisodeRef]) -> None:
+def check_data_file(meta: DatasetMeta, relative_path: str, episodes: Sequence[EpisodeRef]) -> None:
     """Check one data file's footer against the episodes it should hold (sorted by row group)."""
+    _check_file(
+        meta,
+        relative_path,
+        np.array([ep.episode_index for ep in episodes], dtype=np.int64),
+        np.array([ep.length for ep in episodes], dtype=np.int64),
+        np.array([ep.dataset_from_index for ep in episodes], dtype=np.int64),
+    )
+
+
+def _check_file(meta: DatasetMeta, relative_path: str, index: np.ndarray, length: np.ndarray, start: np.ndarray) -> None:
+    """:func:`check_data_file` on columns: the episodes of the file (index, length, start) by row group.
+
+    The footer is read once; row-group sizes and the ``index`` column's statistics are compared with
+    the episodes as arrays, so a file of thousands of episodes costs one pass over its row groups.
+    """
     pf = open_parquet(meta, relative_path)
     path = meta.url(relative_path)
     try:
@@ -45,61 +60,84 @@ def check_data_file(meta: DatasetMeta, relative_path: str, episodes: list[Episod
                 path=path,
             )
         md = pf.metadata
-        ep_desc = [(ep.episode_index, ep.length) for ep in episodes]
-        groups = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
-        expected_rows = sum(ep.length for ep in episodes)
+        n = len(index)
+        row_groups = [md.row_group(i) for i in range(md.num_row_groups)]
+        groups = [g.num_rows for g in row_groups]
+
+        def ep_desc() -> list[tuple[int, int]]:
+            return list(zip(index.tolist(), length.tolist(), strict=True))
+
+        expected_rows = int(length.sum())
         if md.num_rows != expected_rows:
             raise DatasetConsistencyError(
                 f"{path}: holds {md.num_rows} rows in {md.num_row_groups} row groups {groups}, but the episodes "
-                f"table puts {len(episodes)} episodes (index, length) {ep_desc} with {expected_rows} rows in it: "
+                f"table puts {n} episodes (index, length) {ep_desc()} with {expected_rows} rows in it: "
                 "rows are missing or extra. Restore or re-download the data file (or re-write the episodes table "
                 f"if episodes were removed on purpose). {check_hint(meta.root)}",
                 path=path,
             )
-        if md.num_row_groups != len(episodes):
+        if md.num_row_groups != n:
             raise DatasetConsistencyError(
                 f"{path}: {md.num_row_groups} row group(s) with {groups} rows, but the episodes table puts "
-                f"{len(episodes)} episodes (index, length) {ep_desc} in it; streamnodes needs one row group "
+                f"{n} episodes (index, length) {ep_desc()} in it; streamnodes needs one row group "
                 f"per episode (LeRobot's writer guarantees it; bulk rewrites break it). Repair the file with "
                 f"streamnodes.format.rewrite_row_groups({path!r}).",
                 path=path,
             )
-        for i, ep in enumerate(episodes):
-            if groups[i] != ep.length:
-                raise DatasetConsistencyError(
-                    f"{path}: episode {ep.episode_index} is row group {i} with {groups[i]} rows, but has length "
-                    f"{ep.length} in the episodes table. The table disagrees with the data: re-write the "
-                    "episodes table (meta/episodes/) from the data files.",
-                    path=path, episode_index=ep.episode_index,
-                )
+        bad = np.flatnonzero(np.asarray(groups, dtype=np.int64) != length)
+        if len(bad):
+            i = int(bad[0])
+            raise DatasetConsistencyError(
+                f"{path}: episode {int(index[i])} is row group {i} with {groups[i]} rows, but has length "
+                f"{int(length[i])} in the episodes table. The table disagrees with the data: re-write the "
+                "episodes table (meta/episodes/) from the data files.",
+                path=path, episode_index=int(index[i]),
+            )
         index_col = pf.schema_arrow.get_field_index("index")
-        for i, ep in enumerate(episodes):
-            stats = md.row_group(i).column(index_col).statistics if index_col >= 0 else None
-            expected = (ep.dataset_from_index, ep.dataset_to_index - 1)
-            if stats is not None and stats.has_min_max and (int(stats.min), int(stats.max)) != expected:
-                raise DatasetConsistencyError(
-                    f"{path}: row group {i} holds global index {stats.min}..{stats.max}, but episode "
-                    f"{ep.episode_index} is [{ep.dataset_from_index}, {ep.dataset_to_index}) in the episodes "
-                    f"table. Re-write the episodes table or repair the file with rewrite_row_groups.",
-                    path=path, episode_index=ep.episode_index,
-                )
+        if index_col < 0:
+            return
+        lows, highs = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+        known = np.zeros(n, dtype=bool)
+        for i, group in enumerate(row_groups):
+            stats = group.column(index_col).statistics
+            if stats is not None and stats.has_min_max:
+                lows[i], highs[i], known[i] = int(stats.min), int(stats.max), True
+        bad = np.flatnonzero(known & ((lows != start) | (highs != start + length - 1)))
+        if len(bad):
+            i = int(bad[0])
+            raise DatasetConsistencyError(
+                f"{path}: row group {i} holds global index {lows[i]}..{highs[i]}, but episode "
+                f"{int(index[i])} is [{int(start[i])}, {int(start[i] + length[i])}) in the episodes "
+                f"table. Re-write the episodes table or repair the file with rewrite_row_groups.",
+                path=path, episode_index=int(index[i]),
+            )
     finally:
         pf.close(force=True)
 
 
 def check_data_files(meta: DatasetMeta, *, max_threads: int = 8) -> None:
-    """Check every data file of ``meta`` (footers only; in parallel for remote datasets)."""
-    by_file: dict[str, list[EpisodeRef]] = defaultdict(list)
-    for ep in meta.episodes:
-        by_file[ep.data_path].append(ep)
-    jobs = [(path, sorted(eps, key=lambda e: e.row_group)) for path, eps in by_file.items()]
-    threads = max(1, min(max_threads, len(jobs))) if meta.is_remote else 1
+    """Check every data file of ``meta`` (footers only, once per file, in ``max_threads`` threads).
+
+    Episodes are grouped by file with array operations on the episodes table, not one ref at a time.
+    """
+    table = meta.episodes
+    order = np.lexsort((table.row_group, table.data_file))  # by file, then row group
+    files = table.data_file[order]
+    bounds = np.flatnonzero(np.diff(files)) + 1
+    groups = np.split(order, bounds) if len(order) else []
+    groups.sort(key=lambda rows: int(rows.min()))  # files in the order their first episode comes
+    jobs = [
+        (table.data_files[int(table.data_file[rows[0]])], table.index[rows], table.length[rows], table.start[rows])
+        for rows in groups
+    ]
+    # Threads for local files too: pyarrow parses a footer without the GIL (most of the time at 100k episodes).
+    threads = max(1, min(max_threads, len(jobs)))
     if threads == 1:
-        for path, eps in jobs:
-            check_data_file(meta, path, eps)
+        for job in jobs:
+            _check_file(meta, *job)
         return
     with ThreadPoolExecutor(threads) as pool:
-        for future in [pool.submit(check_data_file, meta, path, eps) for path, eps in jobs]:
+        for future in [pool.submit(_check_file, meta, *job) for job in jobs]:
             future.result()
 
 

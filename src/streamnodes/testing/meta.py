@@ -14,7 +14,7 @@ from streamnodes.format.metadata import EPISODES_PATH, TASKS_PATH
 from streamnodes.testing.identity import _identity_images
 from streamnodes.testing.layout import _Camera, _Episode
 from streamnodes.testing.stats import _image_stats, _stats_sample, _tabular_stats
-from streamnodes.testing.tabular import ACTION_KEY, IDENTITY_KEYS, STATE_KEY, _episode_columns
+from streamnodes.testing.tabular import ACTION_KEY, IDENTITY_KEYS, STATE_KEY, _rows_columns
 from streamnodes.testing.video import _PIXEL_FORMAT
 
 
@@ -48,13 +48,34 @@ def _features(
     return features
 
 
+def _list_array(values: np.ndarray, kind: pa.DataType) -> pa.Array:
+    """``values`` ``[E, d1, d2, ...]`` as an Arrow array of E nested lists of type ``kind``, built from the
+    flat buffer (no Python list per episode)."""
+    array: pa.Array = pa.array(np.ascontiguousarray(values).reshape(-1), type=kind_leaf(kind))
+    for size in reversed(values.shape[1:]):
+        offsets = pa.array(np.arange(0, len(array) + 1, size, dtype=np.int32))
+        array = pa.ListArray.from_arrays(offsets, array)
+    return array.cast(kind)
+
+
+def kind_leaf(kind: pa.DataType) -> pa.DataType:
+    while pa.types.is_list(kind):
+        kind = kind.value_type
+    return kind
+
+
 def _write_episodes_table(
     root: Path,
     columns: dict[str, Any],
-    ep_stats: Sequence[Mapping[str, Mapping[str, np.ndarray]]],
+    ep_stats: Mapping[str, Mapping[str, np.ndarray]],
     features: Mapping[str, Any],
+    tasks: Sequence[str] = (),
 ) -> None:
-    """``meta/episodes/chunk-000/file-000.parquet``: one row per episode, LeRobot's columns and types."""
+    """``meta/episodes/chunk-000/file-000.parquet``: one row per episode, LeRobot's columns and types.
+
+    ``columns`` holds numpy arrays (or lists) per column, ``columns["tasks"]`` the task index of each
+    episode; ``ep_stats[key][name]`` is the statistic of every episode, ``[episodes, ...]``.
+    """
     fields = [
         pa.field("episode_index", pa.int64()),
         pa.field("tasks", pa.list_(pa.string())),
@@ -64,6 +85,12 @@ def _write_episodes_table(
         pa.field("dataset_from_index", pa.int64()),
         pa.field("dataset_to_index", pa.int64()),
     ]
+    n = len(columns["episode_index"])
+    arrays: dict[str, Any] = {}
+    task_index = np.asarray(columns["tasks"], dtype=np.int64)
+    arrays["tasks"] = pa.ListArray.from_arrays(
+        pa.array(np.arange(n + 1, dtype=np.int32)), pa.array(list(tasks), type=pa.string()).take(pa.array(task_index))
+    )
     for name in columns:
         if name.startswith("videos/"):
             kind = pa.float64() if name.endswith("_timestamp") else pa.int64()
@@ -74,22 +101,25 @@ def _write_episodes_table(
         value_type: pa.DataType = (
             pa.list_(pa.list_(pa.list_(pa.float64()))) if is_image else pa.list_(pa.float64())
         )
-        for name in ep_stats[0][key]:
+        for name, values in ep_stats[key].items():
             if name == "count" or name in ("min", "max") and is_int:
                 kind = pa.list_(pa.int64())
             else:
                 kind = value_type
             column = f"stats/{key}/{name}"
             fields.append(pa.field(column, kind))
-            columns[column] = [stats[key][name].tolist() for stats in ep_stats]
+            arrays[column] = _list_array(np.asarray(values), kind)
     fields += [
         pa.field("meta/episodes/chunk_index", pa.int64()),
         pa.field("meta/episodes/file_index", pa.int64()),
     ]
-    columns["meta/episodes/chunk_index"] = [0] * len(ep_stats)
-    columns["meta/episodes/file_index"] = [0] * len(ep_stats)
+    columns["meta/episodes/chunk_index"] = np.zeros(n, dtype=np.int64)
+    columns["meta/episodes/file_index"] = np.zeros(n, dtype=np.int64)
     schema = pa.schema(fields)
-    table = pa.Table.from_pydict({f.name: columns[f.name] for f in schema}, schema=schema)
+    for f in schema:
+        if f.name not in arrays:
+            arrays[f.name] = pa.array(np.asarray(columns[f.name]), type=f.type)
+    table = pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
     path = root / EPISODES_PATH.format(chunk_index=0, file_index=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
@@ -114,8 +144,11 @@ def _global_stats(
 ) -> dict[str, dict[str, np.ndarray]]:
     """``meta/stats.json``: exact statistics over all frames for tabular features; for images, over the
     frames sampled for the per-episode statistics (counts add up)."""
-    per_episode = [_episode_columns(e, fps, state_dim, action_dim) for e in episodes]
-    columns = {key: np.concatenate([c[key] for c in per_episode]) for key in per_episode[0]}
+    def column(name: str) -> np.ndarray:
+        return np.fromiter((getattr(e, name) for e in episodes), dtype=np.int64, count=len(episodes))
+
+    columns = _rows_columns(column("index"), column("length"), column("from_index"), column("task_index"),
+                            fps, state_dim, action_dim)
     stats = _tabular_stats(columns, fps)
     for camera in cameras:
         sampled = [

@@ -26,6 +26,21 @@ def _stats(values: np.ndarray, *, keep_int: bool) -> dict[str, np.ndarray]:
     return stats
 
 
+def _stats_stacked(values: np.ndarray, *, keep_int: bool) -> dict[str, np.ndarray]:
+    """:func:`_stats` of each ``values[e]`` (``[E, N, D]``: E episodes of N rows), stacked: ``[E, ...]``."""
+    as_float = values.astype(np.float64)
+    stats: dict[str, np.ndarray] = {
+        "min": values.min(axis=1) if keep_int else as_float.min(axis=1),
+        "max": values.max(axis=1) if keep_int else as_float.max(axis=1),
+        "mean": as_float.mean(axis=1),
+        "std": as_float.std(axis=1),
+        "count": np.full((len(values), 1), values.shape[1], dtype=np.int64),
+    }
+    for q, v in zip(QUANTILES, np.quantile(as_float, QUANTILES, axis=1), strict=True):
+        stats[f"q{round(q * 100):02d}"] = v
+    return stats
+
+
 def _image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
     """Per-channel statistics of uint8 frames ``[N, 3, H, W]`` in [0, 1], shaped ``[3, 1, 1]``.
 
@@ -49,6 +64,20 @@ def _tabular_stats(columns: Mapping[str, np.ndarray], fps: int) -> dict[str, dic
         if key == "timestamp":  # from the exact times, as LeRobot does, not the float32-rounded column
             values = columns["frame_index"] / fps
         stats[key] = _stats(values.reshape(len(values), -1), keep_int=values.dtype == np.int64)
+    return stats
+
+
+def _tabular_stats_stacked(
+    columns: Mapping[str, np.ndarray], fps: int, episodes: int, length: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """:func:`_tabular_stats` of ``episodes`` episodes of ``length`` rows each, whose rows are
+    concatenated in ``columns``: every statistic stacked over the episodes (``[episodes, ...]``)."""
+    stats: dict[str, dict[str, np.ndarray]] = {}
+    for key, values in columns.items():
+        if key == "timestamp":
+            values = columns["frame_index"] / fps
+        stacked = values.reshape(episodes, length, -1)
+        stats[key] = _stats_stacked(stacked, keep_int=values.dtype == np.int64)
     return stats
 
 

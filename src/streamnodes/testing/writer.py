@@ -145,13 +145,10 @@ def _write_contents(
     total_frames = start
 
     columns: dict[str, Any] = {}  # episodes-table columns, filled in feature order below
-    ep_stats: list[dict[str, dict[str, np.ndarray]]] = [{} for _ in episodes]
 
     data_assignment, data_stats = _write_data(
         root, episodes, fps, state_dim, action_dim, data_files_size_in_mb, chunks_size
     )
-    for episode, stats in zip(episodes, data_stats, strict=True):
-        ep_stats[episode.index].update(stats)
 
     video_columns: dict[str, list[Any]] = {}
     image_stats: dict[str, list[dict[str, np.ndarray]]] = {}
@@ -162,20 +159,26 @@ def _write_contents(
 
     features = _features(cameras, fps, state_dim, action_dim, codec)
     feature_order = list(features)
-    for episode in episodes:
-        for camera in cameras:
-            ep_stats[episode.index][camera.key] = image_stats[camera.key][episode.index]
-        ep_stats[episode.index] = {k: ep_stats[episode.index][k] for k in feature_order}
+    # Statistics of every episode as columns: ep_stats[key][name] is [episodes, ...].
+    ep_stats: dict[str, dict[str, np.ndarray]] = dict(data_stats)
+    for camera in cameras:
+        per_episode = image_stats[camera.key]
+        ep_stats[camera.key] = {name: np.stack([s[name] for s in per_episode]) for name in per_episode[0]}
+    ep_stats = {k: ep_stats[k] for k in feature_order}
 
-    columns["episode_index"] = [e.index for e in episodes]
-    columns["tasks"] = [[tasks[e.task_index]] for e in episodes]
-    columns["length"] = [e.length for e in episodes]
-    columns["data/chunk_index"] = [c for c, _ in data_assignment]
-    columns["data/file_index"] = [f for _, f in data_assignment]
-    columns["dataset_from_index"] = [e.from_index for e in episodes]
-    columns["dataset_to_index"] = [e.from_index + e.length for e in episodes]
+    index = np.arange(len(episodes), dtype=np.int64)
+    lengths = np.fromiter((e.length for e in episodes), dtype=np.int64, count=len(episodes))
+    starts = np.fromiter((e.from_index for e in episodes), dtype=np.int64, count=len(episodes))
+    assignment = np.array(data_assignment, dtype=np.int64).reshape(-1, 2)
+    columns["episode_index"] = index
+    columns["tasks"] = np.fromiter((e.task_index for e in episodes), dtype=np.int64, count=len(episodes))
+    columns["length"] = lengths
+    columns["data/chunk_index"] = assignment[:, 0]
+    columns["data/file_index"] = assignment[:, 1]
+    columns["dataset_from_index"] = starts
+    columns["dataset_to_index"] = starts + lengths
     columns.update(video_columns)
-    _write_episodes_table(root, columns, ep_stats, features)
+    _write_episodes_table(root, columns, ep_stats, features, tasks)
     _write_tasks(root, tasks)
 
     global_stats = _global_stats(episodes, cameras, image_stats, feature_order, fps, state_dim, action_dim)
@@ -230,8 +233,11 @@ def _check_arguments(
     lengths = list(episode_lengths)
     if not lengths:
         raise ConfigError("episode_lengths is empty: a dataset needs at least one episode")
-    if len(lengths) > MAX_EPISODES:
-        raise ConfigError(f"{len(lengths)} episodes requested; test datasets hold at most {MAX_EPISODES}")
+    if cameras and len(lengths) > MAX_EPISODES:  # the identity code drawn into frames has 14 episode bits
+        raise ConfigError(
+            f"{len(lengths)} episodes requested with cameras; test datasets with video hold at most "
+            f"{MAX_EPISODES} (datasets without cameras have no limit)"
+        )
     for i, length in enumerate(lengths):
         if not is_int(length) or not 1 <= length <= MAX_EPISODE_LENGTH:
             raise ConfigError(
