@@ -187,8 +187,8 @@ class EpisodeTable(Sequence[EpisodeRef]):
             task_ids=np.array([task_pos[t] for r in refs for t in r.tasks], dtype=np.int64),
             task_offsets=np.cumsum([0] + [len(r.tasks) for r in refs], dtype=np.int64),
             cameras=cameras,
-            video_file=[np.array([files.index(r.videos[k].path) for r in refs], dtype=np.int64)
-                        for k, files in enumerate(video_files)],
+            video_file=[np.array([pos[r.videos[k].path] for r in refs], dtype=np.int64)
+                        for k, pos in enumerate({p: i for i, p in enumerate(files)} for files in video_files)],
             video_files=video_files,
             video_from=[np.array([r.videos[k].from_timestamp for r in refs]) for k in range(len(cameras))],
             video_to=[np.array([r.videos[k].to_timestamp for r in refs]) for k in range(len(cameras))],
@@ -351,9 +351,14 @@ class DatasetMeta:
         table = self.episodes
         h = hashlib.sha256()
         h.update(json.dumps({"fps": self.fps, "features": sorted(self.features)}, sort_keys=True).encode())
-        for column in (table.index, table.length, table.start, table.data_file):
+        # data files by name, so tables listing the same files in another order agree
+        names = sorted(table.data_files)
+        where = {name: i for i, name in enumerate(names)}
+        rank = np.array([where[p] for p in table.data_files], dtype=np.int64)
+        data_file = rank[table.data_file] if len(table) else table.data_file
+        for column in (table.index, table.length, table.start, data_file):
             h.update(np.ascontiguousarray(column, dtype=np.int64).tobytes())
-        h.update("\n".join(table.data_files).encode())
+        h.update("\n".join(names).encode())
         return h.hexdigest()[:16]
 
     def episode(self, episode_index: int) -> EpisodeRef:

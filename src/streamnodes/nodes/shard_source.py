@@ -54,13 +54,11 @@ class ShardSource(BaseNode[EpisodeRef]):
         self.initial_epoch = int(epoch)
         self.consumer: Consumer = current_consumer(rank, world_size, worker_id, num_workers)
         subset = sorted({int(e) for e in episodes}) if episodes is not None else None
-        self.lengths = {i: meta.episode(i).length for i in subset} if subset is not None else {
-            ep.episode_index: ep.length for ep in meta.episodes
-        }
+        self.lengths = meta.episode_lengths(subset)  # from the columns: no EpisodeRef per episode
         self.episode_subset = subset
         self.epoch: int | None = None
         self._offset = 0
-        self._refs: list[EpisodeRef] = []
+        self._mine: tuple[int, ...] = ()  # this consumer's episodes this epoch; refs are made one at a time
 
     def _config(self) -> dict[str, Any]:
         c = self.consumer
@@ -83,7 +81,7 @@ class ShardSource(BaseNode[EpisodeRef]):
             self.lengths, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle, num_consumers=self.consumer.count
         )
         mine = plan.episodes[self.consumer.id]
-        self._refs = [self.meta.episode(i) for i in mine]
+        self._mine = tuple(mine)
         if not mine:
             msg = (
                 f"ShardSource: consumer {self.consumer.id} (rank {self.consumer.rank}, worker "
@@ -94,9 +92,9 @@ class ShardSource(BaseNode[EpisodeRef]):
             log.warning(msg)
 
     def next(self) -> EpisodeRef:
-        if self._offset >= len(self._refs):
+        if self._offset >= len(self._mine):
             raise StopIteration
-        ref = self._refs[self._offset]
+        ref = self.meta.episode(self._mine[self._offset])
         self._offset += 1
         return ref
 

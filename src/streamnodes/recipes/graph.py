@@ -69,9 +69,7 @@ class LeRobotGraph:
 
     def lengths(self) -> dict[int, int]:
         eps = self.config.episodes
-        if eps is None:
-            return {e.episode_index: e.length for e in self.meta.episodes}
-        return {int(i): self.meta.episode(int(i)).length for i in eps}
+        return self.meta.episode_lengths(None if eps is None else [int(i) for i in eps])
 
     def plan(self, epoch: int, num_consumers: int) -> EpochPlan:
         return plan_epoch(
