@@ -171,3 +171,23 @@ def test_goals_per_cpu_budget() -> None:
     assert (one["vs_map_style"], one["vs_map_style_met"], one["vs_datasets_native"]) == (1.5, True, 1.8)
     assert (two["cores"], two["best"], two["ratio_to_floor"], two["floor_met"]) == (2, "w2 t1", 0.85, False)
     assert (two["vs_map_style"], two["vs_datasets_native"], two["vs_datasets_native_met"]) == (1.7, 1.42, False)
+
+
+def test_remote_benchmark_smoke(tmp_path: Path) -> None:
+    """benchmarks/remote.py --quick: every mode reads the same epoch; byte counts (deterministic) are consistent."""
+    import remote
+
+    out = tmp_path / "out"
+    data = remote.main(["--quick", "--latency-ms", "0", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    assert json.loads((out / "results.json").read_text())["runs"] == data["runs"]
+    assert "| after (spans) |" in (out / "results.md").read_text()
+    rows = {r["mode"]: r for r in data["runs"]}
+    assert [r["mode"] for r in data["runs"]] == list(remote.MODES) and {r["num_workers"] for r in data["runs"]} == {0}
+    assert len({r["samples"] for r in data["runs"]}) == 1 and rows["local"]["samples"] > 0
+    assert rows["local"]["requests"] == 0 and rows["local"]["mp4_fetched"] == 0
+    needed = remote.dataset_bytes(data_root := next((tmp_path / "cache").glob("dataset-*")))
+    assert rows["after"]["mp4_needed"] == needed["mp4"] == sum(p.stat().st_size for p in data_root.rglob("*.mp4"))
+    assert rows["before"]["mp4_fetched"] >= needed["mp4"]  # whole files: every file at least once
+    assert 0 < rows["after"]["mp4_fetched"] <= rows["before"]["mp4_fetched"]
+    assert rows["after"]["mp4_ratio"] <= 1.2 and rows["after"]["mp4_gets"] > rows["before"]["mp4_gets"]
+    assert rows["after"]["parquet_fetched"] == rows["before"]["parquet_fetched"] > 0  # one parquet path in both

@@ -114,12 +114,16 @@ class HTTPTestServer:
     """What :func:`serve_directory` yields: the base URL, counters, and the faults (mutable while serving).
 
     ``ranges`` (mutable too): ``False`` ignores ``Range`` headers like ``python -m http.server``.
+    ``bandwidth`` (mutable too): bytes/s that all bodies share, like one network link (``None``: unlimited);
+    per-request latency is ``Faults(delay_s=...)``.
     """
 
     root: Path
     url: str
     faults: Faults
     ranges: bool = True
+    bandwidth: float | None = None
+    _link_free_at: float = field(default=0.0, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _requests: Counter = field(default_factory=Counter, repr=False)
     _faults_injected: Counter = field(default_factory=Counter, repr=False)
@@ -231,6 +235,17 @@ class HTTPTestServer:
                 self._consecutive[path] = 0
             return decision
 
+    def _pace(self, n: int) -> None:
+        """Sleep until ``n`` more body bytes fit the shared ``bandwidth`` (bodies queue on one link)."""
+        if not self.bandwidth:
+            return
+        with self._lock:
+            start = max(time.monotonic(), self._link_free_at)
+            self._link_free_at = start + n / self.bandwidth
+            wait = self._link_free_at - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+
     def _sent(self, path: str, n: int) -> None:
         with self._lock:
             self.bytes_sent += n
@@ -325,6 +340,7 @@ class _Handler(BaseHTTPRequestHandler):
                 chunk = f.read(min(_COPY_CHUNK, to_send - sent))
                 if not chunk:
                     break
+                self.state._pace(len(chunk))
                 self.state._sent(rel, len(chunk))  # counted first: a client that has the bytes sees the count
                 self.wfile.write(chunk)
                 sent += len(chunk)
@@ -376,11 +392,12 @@ def serve_directory(
     port: int = 0,
     faults: Faults | None = None,
     ranges: bool = True,
+    bandwidth: float | None = None,
 ) -> Iterator[HTTPTestServer]:
     """Serve ``root`` over HTTP on ``host:port`` (port 0: an ephemeral one) while the block runs.
 
     ``ranges=False`` ignores ``Range`` headers (every GET answers ``200`` with the whole file), as
-    ``python -m http.server`` does.
+    ``python -m http.server`` does. ``bandwidth`` (bytes/s) limits all bodies together, like one link.
 
     Yields an :class:`HTTPTestServer` whose ``url`` (``http://127.0.0.1:PORT``, no trailing slash) is
     the dataset root URL, e.g. for ``open_dataset(server.url)``. The server thread is a daemon and is
@@ -390,7 +407,7 @@ def serve_directory(
     root_path = Path(root).resolve()
     if not root_path.is_dir():
         raise FileNotFoundError(f"serve_directory: {root_path} is not a directory")
-    state = HTTPTestServer(root=root_path, url="", faults=faults or Faults(), ranges=ranges)
+    state = HTTPTestServer(root=root_path, url="", faults=faults or Faults(), ranges=ranges, bandwidth=bandwidth)
     handler = type("_BoundHandler", (_Handler,), {"state": state})
     httpd = ThreadingHTTPServer((host, port), handler)
     httpd.daemon_threads = True
