@@ -482,16 +482,32 @@ class SpanCache:
             path = os.path.join(self.directory, f".whole-{self._serial:06d}.mp4")
             with open(path, "wb") as f:
                 f.write(body)
-            with open(path, "rb") as f:
-                info.body = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if body else b""
-            os.unlink(path)  # the mapping keeps the bytes; nothing is left behind if the process dies
-            self._bodies.pop(info.url, None)
-            self._bodies[info.url] = None
-            total = sum(len(self._files[u].body or b"") for u in self._bodies)
-            while total > self.max_bytes and len(self._bodies) > 1:
-                old, _ = self._bodies.popitem(last=False)
-                total -= len(self._files[old].body or b"")
-                self._files[old].body = None
+            self._map_body(info, path)
+
+    def _keep_body_file(self, info: _File, local: str) -> None:
+        """Keep a whole file just downloaded to ``local`` (an unindexable file) as the file's body, so the
+        file's other episodes copy it instead of downloading it again. A copy, not a hard link: a span
+        file is truncated when it is deleted, which would empty a mapping of the same inode."""
+        with self._files_lock:
+            self._serial += 1
+            path = os.path.join(self.directory, f".whole-{self._serial:06d}.mp4")
+            shutil.copyfile(local, path)
+            self._map_body(info, path)
+
+    def _map_body(self, info: _File, path: str) -> None:
+        """Map the whole body at ``path`` (caller holds ``_files_lock``), unlink it, and keep the bodies
+        within ``max_bytes`` (least recently used dropped first)."""
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            info.body = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        os.unlink(path)  # the mapping keeps the bytes; nothing is left behind if the process dies
+        self._bodies.pop(info.url, None)
+        self._bodies[info.url] = None
+        total = sum(len(self._files[u].body or b"") for u in self._bodies)
+        while total > self.max_bytes and len(self._bodies) > 1:
+            old, _ = self._bodies.popitem(last=False)
+            total -= len(self._files[old].body or b"")
+            self._files[old].body = None
 
     def _count(self, n: int, what: str) -> None:
         with self.lock.held():
@@ -518,7 +534,8 @@ class SpanCache:
                 retry=lambda fn, what: self._retry(entry.url, fn),
                 before_chunk=lambda: self._alive(entry), on_chunk=lambda n: self._count(n, "whole"),
             )
-            return size
+        self._keep_body_file(info, part)  # the file's other episodes copy it: one whole download per file
+        return size
 
     def _alive(self, entry: _Entry) -> None:
         with self.lock.held():
