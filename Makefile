@@ -33,6 +33,7 @@ demo: setup
 bench: setup
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/dataloading.py --out benchmarks/results
+	$(BIN)/python benchmarks/remote.py --out benchmarks/results/remote
 
 lint: setup
 	$(BIN)/ruff check src tests recipes benchmarks
