@@ -275,8 +275,13 @@ def _first(mask: np.ndarray) -> int | None:
 
 def _file_ids(chunk: np.ndarray, file: np.ndarray, template: str, **names: str) -> tuple[np.ndarray, list[str]]:
     """Each row's (chunk, file) as a position in the list of distinct file paths (formatted once each)."""
-    pairs = np.stack([np.asarray(chunk, dtype=np.int64), np.asarray(file, dtype=np.int64)], axis=1)
-    unique, ids = np.unique(pairs, axis=0, return_inverse=True)
+    chunk, file = np.asarray(chunk, dtype=np.int64), np.asarray(file, dtype=np.int64)
+    if len(chunk) and (chunk.min() < 0 or file.min() < 0 or file.max() >= 1 << 32 or chunk.max() >= 1 << 31):
+        pairs = np.stack([chunk, file], axis=1)  # unusual indices: the (slower) row-wise unique
+        unique, ids = np.unique(pairs, axis=0, return_inverse=True)
+    else:  # one int64 key per row: a plain sort
+        keys, ids = np.unique((chunk << 32) | file, return_inverse=True)
+        unique = np.stack([keys >> 32, keys & 0xFFFFFFFF], axis=1)
     paths = [template.format(chunk_index=int(c), file_index=int(f), **names) for c, f in unique]
     return ids.reshape(-1).astype(np.int64), paths
 

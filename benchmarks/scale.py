@@ -1,0 +1,155 @@
+"""Scale benchmark (issue 17): 100,000-episode tabular datasets open in about a second, workers stay small.
+
+Writes (once, cached under ``benchmarks/.cache``) two LeRobot v3.0 datasets of 100,000 episodes of 10
+frames, without cameras, with ``data_files_size_in_mb`` 2 and 20, and a tiny one (the baseline for
+worker memory). For each, every measure runs in a fresh Python process:
+
+- ``open``: ``open_dataset`` with its default validation (wall and CPU seconds), the RSS it adds, and
+  the pickled size of the metadata (what each DataLoader worker receives);
+- ``loader``: time to the first batch with 0 and 2 workers, and each worker's RSS (psutil) then;
+- ``resume``: a state taken at 90% of epoch 0 (0 workers): its pickled size, and the time a fresh
+  loader takes to restore it and yield the next batch.
+
+Usage: ``python benchmarks/scale.py`` (``--episodes N`` for another size; ``--write-only``). Timings
+on a shared machine are noisy: CPU seconds are printed next to wall seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+FRAMES = 10
+BATCH = 256
+
+log = logging.getLogger("benchmarks.scale")
+
+
+def dataset(episodes: int, size_mb: float) -> Path:
+    """The cached dataset of ``episodes`` episodes of ``FRAMES`` frames (written on first use)."""
+    from streamnodes.testing import write_dataset
+
+    root = CACHE / f"scale_{episodes}x{FRAMES}_{size_mb:g}mb"
+    if not (root / "meta/info.json").is_file():
+        start = time.perf_counter()
+        cpu = time.process_time()
+        write_dataset(root, episode_lengths=[FRAMES] * episodes, cameras=None, data_files_size_in_mb=size_mb, overwrite=True)
+        print(f"wrote {root.name}: {time.perf_counter() - start:.1f} s wall, {time.process_time() - cpu:.1f} s CPU", flush=True)
+    return root
+
+
+def _rss_mb(process=None) -> float:  # noqa: ANN001 - psutil.Process
+    import psutil
+
+    return (process or psutil.Process()).memory_info().rss / 2**20
+
+
+def measure_open(root: str) -> dict:
+    before = _rss_mb()
+    from streamnodes.format import open_dataset
+
+    imported = _rss_mb()
+    start, cpu = time.perf_counter(), time.process_time()
+    meta = open_dataset(root)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {
+        "open_s": round(wall, 3), "open_cpu_s": round(cpu, 3),
+        "rss_after_open_mb": round(_rss_mb(), 1), "rss_added_by_open_mb": round(_rss_mb() - imported, 1),
+        "rss_added_by_import_mb": round(imported - before, 1),
+        "pickle_mb": round(len(pickle.dumps(meta)) / 1e6, 3), "episodes": meta.total_episodes,
+        "data_files": len(meta.episodes.data_files),
+    }
+
+
+def measure_loader(root: str, workers: int) -> dict:
+    import psutil
+
+    from streamnodes import build_loader
+
+    start = time.perf_counter()
+    loader = build_loader(root, batch_size=BATCH, num_workers=workers)
+    it = iter(loader)
+    next(it)
+    first = time.perf_counter() - start
+    children = psutil.Process().children(recursive=True)
+    out = {"workers": workers, "first_batch_s": round(first, 3), "main_rss_mb": round(_rss_mb(), 1),
+           "worker_rss_mb": [round(_rss_mb(c), 1) for c in children]}
+    del it, loader
+    return out
+
+
+def measure_resume(root: str, percent: int = 90) -> dict:
+    from streamnodes import build_loader
+
+    loader = build_loader(root, batch_size=BATCH, num_workers=0)
+    total = len(loader)
+    target = total * percent // 100
+    start = time.perf_counter()
+    it = iter(loader)
+    for _ in range(target):
+        next(it)
+    reach = time.perf_counter() - start
+    state = loader.state_dict()
+    expected = next(it)
+    size = len(pickle.dumps(state))
+    start = time.perf_counter()
+    fresh = build_loader(root, batch_size=BATCH, num_workers=0)
+    fresh.load_state_dict(state)
+    got = next(iter(fresh))
+    restore = time.perf_counter() - start
+    same = all(bool((got[k] == expected[k]).all()) for k in ("index", "episode_index"))
+    return {"batches": total, "state_at": target, "reach_s": round(reach, 1), "state_bytes": size,
+            "restore_and_next_batch_s": round(restore, 3), "next_batch_equal": same}
+
+
+def _child(kind: str, *args: str) -> dict:
+    """Run one measure in a fresh interpreter; its last stdout line is a JSON object."""
+    cmd = [sys.executable, __file__, "--child", kind, *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=100_000)
+    parser.add_argument("--write-only", action="store_true")
+    parser.add_argument("--no-resume", action="store_true", help="skip the 90%% resume measure (it walks the epoch)")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        if kind == "open":
+            out = measure_open(rest[0])
+        elif kind == "loader":
+            out = measure_loader(rest[0], int(rest[1]))
+        else:
+            out = measure_resume(rest[0])
+        print(json.dumps(out))
+        return
+    logging.basicConfig(level=logging.WARNING)
+    tiny = dataset(20, 2)
+    roots = {f"{args.episodes}x{FRAMES}, {mb} MB files": dataset(args.episodes, mb) for mb in (2, 20)}
+    if args.write_only:
+        return
+    print(f"tiny (20 episodes): open {_child('open', str(tiny))}")
+    for workers in (0, 2):
+        print(f"tiny (20 episodes): loader {_child('loader', str(tiny), str(workers))}")
+    for name, root in roots.items():
+        print(f"{name}: open {_child('open', str(root))}", flush=True)
+        for workers in (0, 2):
+            print(f"{name}: loader {_child('loader', str(root), str(workers))}", flush=True)
+        if not args.no_resume:
+            print(f"{name}: resume {_child('resume', str(root))}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
