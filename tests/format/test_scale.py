@@ -60,6 +60,8 @@ def test_episode_refs_equal_the_per_episode_values(which: str, tabular_dataset: 
     assert list(clone.episodes) == expected and clone.fingerprint == meta.fingerprint
     with pytest.raises(KeyError, match=r"episode 999999 is not in"):
         meta.episode(999_999)
+    with pytest.raises(KeyError, match=r"episode 999999 is not in"):
+        meta.episode_lengths([expected[0].episode_index, 999_999])
 
 
 def test_refs_passed_in_become_a_table_with_the_same_fingerprint(video_dataset: Path) -> None:

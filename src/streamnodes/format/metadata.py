@@ -377,7 +377,12 @@ class DatasetMeta:
         table = self.episodes
         if episodes is None:
             return dict(zip(table.index.tolist(), table.length.tolist(), strict=True))
-        return {int(i): self.episode(int(i)).length for i in episodes}
+        wanted = np.asarray([int(i) for i in episodes], dtype=np.int64)
+        positions = np.clip(np.searchsorted(table.index, wanted), 0, max(len(table) - 1, 0))
+        found = (table.index[positions] == wanted) if len(table) else np.zeros(len(wanted), dtype=bool)
+        if not found.all():
+            self.episode(int(wanted[~found][0]))  # raises the KeyError naming the dataset
+        return dict(zip(wanted.tolist(), table.length[positions].tolist(), strict=True))
 
     # ---- files ---------------------------------------------------------------------------------
     @property
