@@ -99,14 +99,16 @@ def measure_resume(root: str, percent: int = 90) -> dict:
     state = loader.state_dict()
     expected = next(it)
     size = len(pickle.dumps(state))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     fresh = build_loader(root, batch_size=BATCH, num_workers=0)
+    built = time.perf_counter() - start
     fresh.load_state_dict(state)
     got = next(iter(fresh))
-    restore = time.perf_counter() - start
+    restore, cpu = time.perf_counter() - start, time.process_time() - cpu
     same = all(bool((got[k] == expected[k]).all()) for k in ("index", "episode_index"))
     return {"batches": total, "state_at": target, "reach_s": round(reach, 1), "state_bytes": size,
-            "restore_and_next_batch_s": round(restore, 3), "next_batch_equal": same}
+            "restore_and_next_batch_s": round(restore, 3), "of_which_build_loader_s": round(built, 3),
+            "restore_cpu_s": round(cpu, 3), "next_batch_equal": same}
 
 
 def _child(kind: str, *args: str) -> dict:

@@ -130,8 +130,9 @@ def check_data_files(meta: DatasetMeta, *, max_threads: int = 8) -> None:
         (table.data_files[int(table.data_file[rows[0]])], table.index[rows], table.length[rows], table.start[rows])
         for rows in groups
     ]
-    # Threads for local files too: pyarrow parses a footer without the GIL (most of the time at 100k episodes).
-    threads = max(1, min(max_threads, len(jobs)))
+    # Local files in 2 threads: pyarrow parses a footer without the GIL (most of the time at 100k episodes),
+    # and a parsed footer of 10k row groups takes ~70 MB while it is checked, so not 8 at once.
+    threads = max(1, min(max_threads if meta.is_remote else 2, len(jobs)))
     if threads == 1:
         for job in jobs:
             _check_file(meta, *job)
