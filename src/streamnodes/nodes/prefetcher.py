@@ -17,6 +17,7 @@ source is exhausted. For a local dataset the node is a pass-through: same object
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any
 
 from torchdata.nodes import BaseNode
@@ -106,6 +107,8 @@ class Prefetcher(BaseNode[Episode]):
                 chunk_bytes=self.chunk_bytes,
                 probe_bytes=self.probe_bytes,
             )
+            # a dropped graph deletes its spans: the finalizer holds the cache, not this node
+            weakref.finalize(self, self._cache.close)
         else:
             self._cache = VideoCache(
                 self.meta.fs,

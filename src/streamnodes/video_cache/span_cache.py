@@ -219,7 +219,9 @@ class SpanCache:
         self.counters.update(wait_s=0.0, space_wait_s=0.0)
         self._executor = ThreadPoolExecutor(max_workers=int(num_threads), thread_name_prefix="SpanCache")
         self._threads: set[int] = set()
-        self._finalizer = weakref.finalize(self, self._close)
+        # No finalizer here: one holding ``self._close`` would keep the cache alive forever. The owner closes
+        # it: the Prefetcher registers ``weakref.finalize(prefetcher, cache.close)``, so a dropped graph
+        # deletes its spans.
 
     # ---- references ---------------------------------------------------------------------------------
     def acquire_episode(
@@ -664,7 +666,7 @@ class SpanCache:
     # ---- closing and counters -----------------------------------------------------------------------
     def close(self) -> None:
         """Delete every local copy and the directory, stop the threads (idempotent)."""
-        self._finalizer()
+        self._close()
 
     def _close(self) -> None:
         with self.lock.held():
