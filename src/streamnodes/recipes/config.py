@@ -107,12 +107,13 @@ class StreamConfig:
         """Checks that need the dataset (run once, in the main process, before any worker starts)."""
         delta_indices(self.delta_timestamps, meta.fps, tolerance_s=self.tolerance_s, features=meta.features)
         if self.episodes is not None:
-            known = {ep.episode_index for ep in meta.episodes}
-            unknown = [e for e in self.episodes if e not in known]
+            table = meta.episodes
+            unknown = [e for e in self.episodes if table.position(e) is None]
             if unknown:
+                known = table.index
                 raise ConfigError(
                     f"episodes {unknown[:10]}{'...' if len(unknown) > 10 else ''} are not in {meta.root} (it has "
-                    f"{len(known)} episodes, indices {min(known)}..{max(known)}). Pick indices from meta.episodes."
+                    f"{len(known)} episodes, indices {known.min()}..{known.max()}). Pick indices from meta.episodes."
                 )
             if not self.episodes:
                 raise ConfigError("episodes=[] selects nothing; pass None for every episode or a non-empty list.")
