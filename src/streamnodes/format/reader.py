@@ -8,6 +8,7 @@ one ranged read of its column chunks' span (:func:`row_group_span`), parsed from
 from __future__ import annotations
 
 import io
+import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -192,11 +193,27 @@ class _OpenFile:
     handle: RetryingRangeFile | None  # remote files: row groups are read through it
 
 
-class ParquetFileCache:
-    """Open parquet files (a small LRU) and every footer parsed so far, for one consumer.
+def pack_footer(metadata: pq.FileMetaData) -> bytes:
+    """A footer as compact bytes (its thrift serialization, zlib level 1: ~7x smaller than serialized and
+    ~60x smaller than parsed for LeRobot-sized files) for :func:`unpack_footer`."""
+    sink = pa.BufferOutputStream()
+    metadata.write_metadata_file(sink)
+    return zlib.compress(sink.getvalue().to_pybytes(), 1)
 
-    Footers (``pq.FileMetaData``, compact) are kept after their file leaves the LRU, so a file that is
-    opened again parses, and for remote files fetches, no footer: each footer is read once per cache.
+
+def unpack_footer(packed: bytes) -> pq.FileMetaData:
+    """The footer :func:`pack_footer` packed, parsed again (no I/O)."""
+    return pq.read_metadata(pa.BufferReader(zlib.decompress(packed)))
+
+
+class ParquetFileCache:
+    """Open parquet files (a small LRU) and every footer read so far, for one consumer.
+
+    Footers are kept after their file leaves the LRU, so a file opened again fetches (remote) or reads
+    (local) no footer: each footer is read from its file once per cache. They are kept serialized and
+    zlib-compressed (:func:`pack_footer`): a parsed footer of 1,149 row groups holds ~7 MB in memory, its
+    compressed bytes 113 KB (parsing them again costs ~6.5 ms), so a worker of a 100k-episode dataset
+    keeps ~10 MB of footers instead of hundreds. Only the open files' footers are parsed.
     Remote row groups are read with one ranged request each (:meth:`read_row_group`).
     """
 
@@ -204,7 +221,7 @@ class ParquetFileCache:
         self.meta = meta
         self.max_open = max_open
         self._open: OrderedDict[str, _OpenFile] = OrderedDict()
-        self._footers: dict[str, pq.FileMetaData] = {}
+        self._footers: dict[str, bytes] = {}  # packed (pack_footer) per data file
         self._largest_footer = 0
         self.footer_reads = 0  # footers parsed from their file (each file: once)
 
@@ -214,11 +231,12 @@ class ParquetFileCache:
             self._open.move_to_end(relative_path)
             return entry
         handle = _open_handle(self.meta, relative_path)
-        known = self._footers.get(relative_path)
+        packed = self._footers.get(relative_path)
+        known = unpack_footer(packed) if packed is not None else None
         pf = _parse(self.meta, relative_path, handle, known, self._largest_footer)
-        if known is None:
+        if packed is None:
             self.footer_reads += 1
-            self._footers[relative_path] = pf.metadata
+            self._footers[relative_path] = pack_footer(pf.metadata)
             self._largest_footer = max(self._largest_footer, pf.metadata.serialized_size)
         entry = self._open[relative_path] = _OpenFile(pf, handle if isinstance(handle, RetryingRangeFile) else None)
         while len(self._open) > self.max_open:
