@@ -10,6 +10,7 @@ from typing import Any
 
 CSV_COLUMNS = (
     "dataset", "image_size", "mode", "loader", "num_workers", "decode_threads", "cores", "samples_per_s", "ratio_to_floor",
+    "cpu_ratio_to_floor",
     "frames_per_s", "first_batch_s", "p50_ms", "p95_ms", "p99_ms", "cpu_ms_per_sample", "cpu_main_s", "cpu_workers_s",
     "decode_busy", "peak_rss_mb", "cache_hit_rate", "state_bytes", "resume_s_10", "resume_s_50", "resume_s_90",
     "distinct_episodes_per_batch", "distinct_episodes_per_batch_uniform", "episode_distance", "episode_distance_uniform",
@@ -47,13 +48,17 @@ def sort_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def add_floor_ratios(runs: list[dict[str, Any]]) -> None:
     """``ratio_to_floor`` where the matrix has not set it (paired per repeat): samples/s over the
     decode_floor's of the same dataset, mode and CPU budget."""
-    floor = {(_dataset(r), r["mode"], _cores(r)): r.get("samples_per_s") for r in runs if r["loader"] == "decode_floor"}
+    floors = {(_dataset(r), r["mode"], _cores(r)): r for r in runs if r["loader"] == "decode_floor"}
     for r in runs:
-        if r.get("ratio_to_floor") is not None:
-            continue
-        f = floor.get((_dataset(r), r["mode"], _cores(r)))
-        s = r.get("samples_per_s")
-        r["ratio_to_floor"] = round(s / f, 3) if f and s else None
+        floor = floors.get((_dataset(r), r["mode"], _cores(r))) or {}
+        f, s = floor.get("samples_per_s"), r.get("samples_per_s")
+        if r.get("ratio_to_floor") is None:
+            r["ratio_to_floor"] = round(s / f, 3) if f and s else None
+        # the same comparison in CPU time per sample (the floor's over the run's): what the ratio would be
+        # if both ran alone on their cores, busy all the time; far less sensitive to other work on the
+        # machine than throughput, but blind to idle time (a run that waits does not pay CPU for it)
+        fc, c = floor.get("cpu_ms_per_sample"), r.get("cpu_ms_per_sample")
+        r["cpu_ratio_to_floor"] = round(fc / c, 3) if fc and c else None
 
 
 def goals(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -69,7 +74,7 @@ def goals(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         best = max(sn, key=lambda r: r.get("ratio_to_floor") or r["samples_per_s"])
         row: dict[str, Any] = {"dataset": dataset, "image_size": size, "mode": mode, "cores": cores,
                                "best": config_label(best), "samples_per_s": best["samples_per_s"],
-                               "ratio_to_floor": best.get("ratio_to_floor")}
+                               "ratio_to_floor": best.get("ratio_to_floor"), "cpu_ratio_to_floor": best.get("cpu_ratio_to_floor")}
         row["floor_met"] = row["ratio_to_floor"] is not None and row["ratio_to_floor"] >= GOAL_FLOOR
         for name in BASELINES:
             base = [r for r in same if r["loader"] == name]
@@ -105,10 +110,10 @@ def _fmt(value: Any, digits: int = 0) -> str:
 
 def markdown_table(runs: list[dict[str, Any]]) -> str:
     head = (
-        "| dataset | mode | loader | workers | threads | cores | samples/s | × floor | frames/s | CPU ms/sample | "
+        "| dataset | mode | loader | workers | threads | cores | samples/s | × floor | × floor (CPU) | other load | frames/s | CPU ms/sample | "
         "decode busy | first batch s | p50 / p95 / p99 ms | peak RSS MB | cache hits | state B | resume s (10/50/90%) | "
         "episodes/batch (uniform) | episode distance (uniform) |\n"
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---|---|\n"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---|---|\n"
     )
     lines = []
     for r in runs:
@@ -117,7 +122,8 @@ def markdown_table(runs: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {_dataset(r)} {r.get('image_size') or ''} | {r['mode']} | {r['loader']} | {r['num_workers']} | "
             f"{_fmt(r.get('decode_threads'))} | {_cores(r)} | {_fmt(r.get('samples_per_s'))} | "
-            f"{_fmt(r.get('ratio_to_floor'), 2)} | {_fmt(r.get('frames_per_s'))} | {_fmt(r.get('cpu_ms_per_sample'), 2)} | "
+            f"{_fmt(r.get('ratio_to_floor'), 2)} | {_fmt(r.get('cpu_ratio_to_floor'), 2)} | {_fmt(r.get('other_load'), 2)} | "
+            f"{_fmt(r.get('frames_per_s'))} | {_fmt(r.get('cpu_ms_per_sample'), 2)} | "
             f"{_fmt(r.get('decode_busy'), 2)} | {_fmt(r.get('first_batch_s'), 2)} | "
             f"{_fmt(r.get('p50_ms'), 1)} / {_fmt(r.get('p95_ms'), 1)} / {_fmt(r.get('p99_ms'), 1)} | "
             f"{_fmt(r.get('peak_rss_mb'))} | {_fmt(r.get('cache_hit_rate'), 3)} | {_fmt(r.get('state_bytes'))} | "
@@ -128,7 +134,8 @@ def markdown_table(runs: list[dict[str, Any]]) -> str:
 
 
 def floor_table(runs: list[dict[str, Any]]) -> str:
-    """× floor of every configuration, one row per dataset and mode (samples/s of the floors)."""
+    """× floor of every configuration, throughput (and CPU per sample in brackets), one row per dataset
+    and mode, with the floors' samples/s."""
     columns = list(dict.fromkeys((r["loader"], config_label(r), _cores(r)) for r in sorted(runs, key=_cores)
                                  if r["loader"] != "decode_floor"))
     floors = sorted({_cores(r) for r in runs if r["loader"] == "decode_floor"})
@@ -144,19 +151,19 @@ def floor_table(runs: list[dict[str, Any]]) -> str:
             cells.append(_fmt(f[0].get("samples_per_s")) if f else "–")
         for name, label, _ in columns:
             m = [r for r in same if r["loader"] == name and config_label(r) == label]
-            cells.append(_fmt(m[0].get("ratio_to_floor"), 2) if m else "–")
+            cells.append(f"{_fmt(m[0].get('ratio_to_floor'), 2)} ({_fmt(m[0].get('cpu_ratio_to_floor'), 2)})" if m else "–")
         lines.append(f"| {dataset} {size or ''} | {mode} | " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
 
 
 def goals_table(runs: list[dict[str, Any]]) -> str:
     rows = goals(runs)
-    head = (f"| dataset | mode | cores | best streamnodes | samples/s | × floor (goal ≥ {GOAL_FLOOR}) | met | "
+    head = (f"| dataset | mode | cores | best streamnodes | samples/s | × floor (goal ≥ {GOAL_FLOOR}) | met | × floor (CPU) | "
             f"× map_style (goal ≥ {GOAL_BASELINES}) | met | × datasets_native (goal ≥ {GOAL_BASELINES}) | met |\n"
-            "|---|---|---:|---|---:|---:|---|---:|---|---:|---|\n")
+            "|---|---|---:|---|---:|---:|---|---:|---:|---|---:|---|\n")
     lines = [
         f"| {g['dataset']} {g.get('image_size') or ''} | {g['mode']} | {g['cores']} | {g['best']} | {_fmt(g['samples_per_s'])} | "
-        f"{_fmt(g['ratio_to_floor'], 2)} | {_fmt(g['floor_met'])} | {_fmt(g.get('vs_map_style'), 2)} | "
+        f"{_fmt(g['ratio_to_floor'], 2)} | {_fmt(g['floor_met'])} | {_fmt(g.get('cpu_ratio_to_floor'), 2)} | {_fmt(g.get('vs_map_style'), 2)} | "
         f"{_fmt(g.get('vs_map_style_met'))} | {_fmt(g.get('vs_datasets_native'), 2)} | {_fmt(g.get('vs_datasets_native_met'))} |"
         for g in rows
     ]
@@ -179,14 +186,15 @@ def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
     modes = [m for m in MODES if any(r["mode"] == m for r in runs)]
     fig, axes = plt.subplots(len(datasets), len(modes), figsize=(7.0 * len(modes), 4.3 * len(datasets)),
                              sharey=True, squeeze=False)
-    top = max([r.get("ratio_to_floor") or 0 for r in runs] + [1.0]) * 1.25
+    top = min(2.0, max([r.get("ratio_to_floor") or 0 for r in runs] + [1.0]) * 1.25)  # outliers clipped, labelled
     for row, (dataset, size) in enumerate(datasets):
         for ax, mode in zip(axes[row], modes, strict=True):
             shown = [r for r in sort_runs(runs) if (_dataset(r), r["mode"]) == (dataset, mode)
                      and r["loader"] != "decode_floor" and r.get("ratio_to_floor") is not None]
             for x, r in enumerate(shown):
-                ax.bar(x, r["ratio_to_floor"], 0.8, color=COLORS.get(r["loader"], "C5"), label=r["loader"])
-                ax.text(x, r["ratio_to_floor"] + top * 0.01, f"{r['ratio_to_floor']:.2f}\n{r['samples_per_s']:.0f}/s",
+                height = min(r["ratio_to_floor"], top * 0.85)
+                ax.bar(x, height, 0.8, color=COLORS.get(r["loader"], "C5"), label=r["loader"])
+                ax.text(x, height + top * 0.01, f"{r['ratio_to_floor']:.2f}\n{r['samples_per_s']:.0f}/s",
                         ha="center", va="bottom", fontsize=6.5)
             for x in range(1, len(shown)):
                 if _cores(shown[x]) != _cores(shown[x - 1]):

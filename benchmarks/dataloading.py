@@ -114,7 +114,7 @@ def measured_run(spec: RunSpec, args: argparse.Namespace) -> dict[str, Any]:
         result["attempts"] = attempt + 1
         attempts.append(result)
         load = result.get("other_load")
-        if load is None or load <= args.max_other_load:
+        if load is None or load <= args.max_other_load or attempt == args.retries:
             break
         log.info("  other work used %.2f cores during that run; running it again", load)
     return min(attempts, key=lambda r: r.get("other_load") or 0.0)
@@ -161,8 +161,9 @@ def _settings(args: argparse.Namespace, specs: dict[str, DatasetSpec], template:
         "hygiene": f"before each run wait up to {args.quiet_wait} s for other work < 0.25 cores; retry a run (up to "
                    f"{args.retries} times) when other work used > {args.max_other_load} cores during its measurement "
                    "(other_load: the machine's busy CPU seconds minus the run's own, per second); keep the least disturbed",
-        "aggregate": "per row the run with the median samples/s over the repeats; x floor is the median of the "
-                     "per-repeat ratios to the floor run of the same repeat (paired)",
+        "aggregate": f"per row the median samples/s over the passes whose run had other_load <= {args.max_other_load} "
+                     "cores (else the least disturbed run); x floor = median of the per-pass ratios to the floor run of "
+                     "the same pass, over passes where both were quiet",
         "action_steps": template.action_steps,
         "window": f"{template.window_frames} frames spaced {template.window_spacing_s} s (mode window)",
         "decoder": "torchcodec, seek_mode=approximate, num_ffmpeg_threads=1",
@@ -186,12 +187,21 @@ def matrix(args: argparse.Namespace, dataset: str, mode: str) -> list[tuple[str,
     return rows
 
 
-def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median samples/s (the lower middle one for an even count), with every repeat's
-    samples/s in ``samples_per_s_repeats`` and the first repeat's resume figures."""
-    ordered = sorted(runs, key=lambda r: r["samples_per_s"] or 0.0)
+def _quiet(runs: list[dict[str, Any]], max_other_load: float) -> list[dict[str, Any]]:
+    """The runs during which other work used at most ``max_other_load`` cores, else the least disturbed one."""
+    quiet = [r for r in runs if (r.get("other_load") or 0.0) <= max_other_load]
+    return quiet or [min(runs, key=lambda r: r.get("other_load") or 0.0)]
+
+
+def _median_run(runs: list[dict[str, Any]], max_other_load: float = float("inf")) -> dict[str, Any]:
+    """Of the quiet runs (:func:`_quiet`), the one with the median samples/s (the lower middle one for an
+    even count), with their samples/s in ``samples_per_s_repeats``, their passes in ``quiet_passes``
+    and the first pass's resume figures."""
+    quiet = _quiet(runs, max_other_load)
+    ordered = sorted(quiet, key=lambda r: r["samples_per_s"] or 0.0)
     chosen = dict(ordered[(len(ordered) - 1) // 2])
-    chosen["samples_per_s_repeats"] = [r["samples_per_s"] for r in runs]
+    chosen["samples_per_s_repeats"] = [r["samples_per_s"] for r in quiet]
+    chosen["quiet_passes"] = [r.get("repeat", 0) + 1 for r in quiet]
     for k in ("resume_s", "resume_state_bytes"):
         if chosen.get(k) is None and runs[0].get(k) is not None:
             chosen[k] = runs[0][k]
@@ -234,24 +244,31 @@ def run_matrix(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str,
                         result["cache_hit_rate"], result.get("other_load"), result["run_seconds"],
                     )
                     repeats.setdefault((name, mode, loader, workers, threads), []).append(result)
+        # every finished pass on disk: an interrupted matrix keeps what it measured
+        partial = Path(args.out) / "results.partial.json"
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"machine": machine, "passes": repeat + 1,
+                                       "runs": [r for rs in repeats.values() for r in rs]}) + "\n")
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     machine["benchmark_seconds"] = round(time.perf_counter() - started, 1)
-    runs = [_median_run(rs) for rs in repeats.values()]
-    add_paired_ratios(runs, repeats)
+    (Path(args.out) / "results.partial.json").unlink(missing_ok=True)  # complete: results.json replaces it
+    runs = [_median_run(rs, args.max_other_load) for rs in repeats.values()]
+    add_paired_ratios(runs, repeats, args.max_other_load)
     return machine, sort_runs(runs), _settings(args, specs, template, measure)
 
 
-def add_paired_ratios(runs: list[dict[str, Any]], repeats: dict[tuple[Any, ...], list[dict[str, Any]]]) -> None:
-    """``ratio_to_floor``: the median over repeats of samples/s over the same repeat's floor of the
-    same dataset, mode and cores (runs of one repeat are minutes apart, repeats are not)."""
+def add_paired_ratios(runs: list[dict[str, Any]], repeats: dict[tuple[Any, ...], list[dict[str, Any]]],
+                      max_other_load: float = float("inf")) -> None:
+    """``ratio_to_floor``: the median over passes of samples/s over the same pass's floor run of the same
+    dataset, mode and cores, over the passes where both runs were quiet (:func:`_quiet`)."""
     floors: dict[tuple[Any, ...], dict[int, float]] = {}
     for (name, mode, loader, _, _), rs in repeats.items():
         if loader == "decode_floor":
-            for r in rs:
+            for r in _quiet(rs, max_other_load):
                 floors.setdefault((name, mode, r["cores"]), {})[r["repeat"]] = r["samples_per_s"]
     for run_, rs in zip(runs, repeats.values(), strict=True):
         floor = floors.get((run_["dataset"], run_["mode"], run_["cores"]), {})
-        ratios = sorted(r["samples_per_s"] / floor[r["repeat"]] for r in rs
+        ratios = sorted(r["samples_per_s"] / floor[r["repeat"]] for r in _quiet(rs, max_other_load)
                         if r["samples_per_s"] and floor.get(r["repeat"]))
         if ratios:
             run_["ratio_to_floor"] = round(float(np.median(ratios)), 3)

@@ -16,6 +16,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import resource
 import sys
 import threading
 import time
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         prof.enable()
 
     threading.setprofile(in_thread)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     profiler.enable()
     start = time.perf_counter()
     try:
@@ -85,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         stats.add(prof)
     print(f"{args.loader} {args.dataset} {args.mode} workers={args.workers} threads={args.threads}: "
           f"{result['samples_per_s']} samples/s, CPU {result['cpu_ms_per_sample']} ms/sample (under the profiler)")
+    end = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"this process (whole run, incl. set-up and warm-up): user {end.ru_utime - usage.ru_utime:.2f} s, "
+          f"system {end.ru_stime - usage.ru_stime:.2f} s, minor page faults {end.ru_minflt - usage.ru_minflt:,} "
+          f"({(end.ru_minflt - usage.ru_minflt) * 4 / 1024:,.0f} MiB of 4 KiB pages first touched)")
     print(f"\ncumulative seconds by stage, summed over threads (the run took {wall:.2f} s wall under the profiler):")
     for label, suffix, name in STAGES:
         cum = sum(v[3] for (file, _, fn), v in stats.stats.items() if file.endswith(suffix) and fn == name)

@@ -88,6 +88,9 @@ def test_every_loader_runs_and_reports(tiny_root: Path, tmp_path: Path, monkeypa
     assert set(data) >= {"machine", "runs"} and data["machine"]["cores"] == os.cpu_count()
     assert [r["loader"] for r in data["runs"]] == list(LOADERS)
     floor_rate = next(r["samples_per_s"] for r in data["runs"] if r["loader"] == "decode_floor")
+    floor_cpu = next(r["cpu_ms_per_sample"] for r in data["runs"] if r["loader"] == "decode_floor")
+    for r in data["runs"]:  # the same comparison in CPU time per sample
+        assert r["cpu_ratio_to_floor"] == pytest.approx(floor_cpu / r["cpu_ms_per_sample"], rel=1e-2, abs=1e-3)
     for r in data["runs"]:  # throughput relative to the floor of the same mode and worker count
         assert r["ratio_to_floor"] == pytest.approx(r["samples_per_s"] / floor_rate, rel=1e-2, abs=1e-3), r["loader"]  # rounded to 3 places
     with paths["csv"].open() as f:
@@ -191,3 +194,16 @@ def test_remote_benchmark_smoke(tmp_path: Path) -> None:
     assert 0 < rows["after"]["mp4_fetched"] <= rows["before"]["mp4_fetched"]
     assert rows["after"]["mp4_ratio"] <= 1.2 and rows["after"]["mp4_gets"] > rows["before"]["mp4_gets"]
     assert rows["after"]["parquet_fetched"] == rows["before"]["parquet_fetched"] > 0  # one parquet path in both
+
+
+def test_disturbed_runs_are_left_out() -> None:
+    sn = [{**_run("streamnodes", 0, 1, 1, rate, i), "other_load": load}
+          for i, (rate, load) in enumerate(((10.0, 1.2), (90.0, 0.0), (80.0, 0.1)))]
+    fl = [{**_run("decode_floor", 0, None, 1, rate, i), "other_load": load}
+          for i, (rate, load) in enumerate(((50.0, 0.0), (100.0, 0.0), (200.0, 0.9)))]
+    runs = [_median_run(sn, 0.15), _median_run(fl, 0.15)]
+    assert runs[0]["samples_per_s_repeats"] == [90.0, 80.0] and runs[0]["quiet_passes"] == [2, 3]
+    add_paired_ratios(runs, {("d", "single", "streamnodes", 0, 1): sn, ("d", "single", "decode_floor", 0, 1): fl}, 0.15)
+    assert runs[0]["ratio_to_floor_repeats"] == [0.9]  # pass 1: streamnodes disturbed; pass 3: the floor
+    loud = [{**_run("map_style", 0, None, 1, 5.0, 0), "other_load": 1.0}, {**_run("map_style", 0, None, 1, 7.0, 1), "other_load": 0.5}]
+    assert _median_run(loud, 0.15)["samples_per_s"] == 7.0  # none quiet: the least disturbed run
