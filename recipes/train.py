@@ -66,7 +66,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output_dir", default="runs/train", help="checkpoints and summary.json go here")
     p.add_argument("--steps", type=int, default=1000, help="total optimizer steps (counting resumed ones)")
     p.add_argument("--batch_size", type=int, default=32, help="samples per batch and rank")
-    p.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes per rank")
+    p.add_argument("--num_workers", type=int, default=0,
+                   help="DataLoader worker processes per rank (default 0: frames are decoded on --decode_threads threads "
+                        "in the training process, the fastest configuration measured on 2 cores; docs/benchmarks.md)")
     p.add_argument("--episode_pool_size", type=int, default=64, help="whole episodes kept in the shuffle pool")
     p.add_argument("--frame_shuffle_size", type=int, default=0, help="extra frame shuffle buffer (0: off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and the model init")

@@ -54,7 +54,7 @@ class StreamConfig:
     image_dtype: Any = _setting(torch.float32, doc="torch.float32 (LeRobot's [0, 1]) or torch.uint8")
     cache_dir: str | None = _setting(None, doc="remote datasets: where local video copies go (None: temp dir)")
     prefetch_max_bytes: int = _setting(2 << 30, doc="remote datasets: video bytes on disk per consumer")
-    max_decoders: int = _setting(16, doc="open video decoders kept per consumer (shared out among decode threads)")
+    max_decoders: int = _setting(32, doc="open video decoders kept per consumer, split among its decode threads")
     decode_threads: int = _setting(2, doc="threads decoding each batch's frames in every consumer (0: the calling thread)")
     decode_ahead: int = _setting(1, doc="batches pulled and decoding ahead of the one returned")
     layout: str = _setting("channels_last", doc="camera tensors' memory: 'channels_last' (no transpose) or 'contiguous'")
