@@ -12,6 +12,7 @@ be lost).
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -121,6 +122,11 @@ class NodeIterableDataset(IterableDataset):
         self._epoch_is_set = True
 
     def __iter__(self) -> Iterator[Any]:
+        if _in_worker():
+            # Ctrl-C in a terminal signals the whole process group. The main process handles it and shuts
+            # the workers down (done event, then join/terminate); a worker interrupted on its own could
+            # die mid-batch or block at exit on a full result pipe, so workers ignore SIGINT.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             return self._start()
         except StreamNodesError as error:
