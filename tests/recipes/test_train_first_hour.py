@@ -132,12 +132,19 @@ def _wait_for(condition, proc: subprocess.Popen[str], what: str, limit_s: float 
         time.sleep(0.05)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(command: list[str], ready, what: str, output: Path) -> tuple[int, str]:
     """Start ``command`` in its own process group, wait until ``ready()``, then Ctrl-C the group (SIGINT to
     the main process and its DataLoader workers, as a terminal does). Returns the exit code and output."""
     with output.open("w") as sink:
+        # A shell runs background jobs with SIGINT ignored, and an ignored signal stays ignored across exec
+        # (Python then installs no KeyboardInterrupt handler): give the child the disposition of a
+        # terminal's foreground job, whatever this test process inherited.
         proc = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=sink, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)  # fmt: skip
+                                start_new_session=True, preexec_fn=_default_sigint)  # fmt: skip
         try:
             _wait_for(ready, proc, what)
             os.killpg(proc.pid, signal.SIGINT)
