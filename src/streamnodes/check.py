@@ -38,6 +38,7 @@ from streamnodes.format import ParquetFileCache, open_dataset, read_episode_colu
 from streamnodes.format.fs import relative_to, url_to_fs
 from streamnodes.format.hub import resolve_root
 from streamnodes.format.validate import check_data_file
+from streamnodes.format.video_files import ranges
 from streamnodes.types import VideoQuery
 
 if TYPE_CHECKING:
@@ -366,19 +367,8 @@ def _plural(n: int, word: str) -> str:
 
 
 def _ranges(values: Iterable[int]) -> str:
-    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"``."""
-    out: list[str] = []
-    run: list[int] = []
-    for v in sorted(set(values)):
-        if run and v == run[-1] + 1:
-            run.append(v)
-            continue
-        if run:
-            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-        run = [v]
-    if run:
-        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return ", ".join(out) if out else "none"
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"`` (``"none"`` for no values)."""
+    return ranges(values) or "none"
 
 
 __all__ = ["CheckReport", "Problem", "check_dataset"]

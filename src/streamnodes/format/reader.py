@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streamnodes.errors import DatasetConsistencyError, DatasetFormatError, check_hint
-from streamnodes.format.retry import RetryingRangeFile
+from streamnodes.format.retry import RetryingRangeFile, SizedReader
 
 if TYPE_CHECKING:
     from streamnodes.format.metadata import DatasetMeta, EpisodeRef
@@ -100,7 +100,7 @@ def row_group_span(metadata: pq.FileMetaData, row_group: int, columns: Sequence[
     return min(starts), max(ends)
 
 
-class _SpanFile(io.RawIOBase):
+class _SpanFile(SizedReader):
     """A read-only view of a remote file whose bytes ``[start, start + len(data))`` are already in memory.
 
     pyarrow parses one row group from it (given the file's footer, so it reads nothing else): reads inside
@@ -114,20 +114,6 @@ class _SpanFile(io.RawIOBase):
         self.size = handle.size
         self._pos = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
     def read(self, n: int = -1) -> bytes:
         begin = self._pos
         end = self.size if n is None or n < 0 else min(self.size, begin + n)
@@ -138,10 +124,6 @@ class _SpanFile(io.RawIOBase):
         self._pos = begin + len(out)
         return out
 
-    def readinto(self, buffer) -> int:  # noqa: ANN001 - any writable buffer
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
 
 def _open_handle(meta: DatasetMeta, relative_path: str) -> RetryingRangeFile | io.IOBase:

@@ -322,7 +322,34 @@ def note_range_ignored(url: str, size: int) -> None:
     )
 
 
-class RetryingRangeFile(io.RawIOBase):
+class SizedReader(io.RawIOBase):
+    """A read-only, seekable view of ``size`` bytes: subclasses set ``size`` and implement ``read(n)``
+    from ``self._pos`` (advancing it). Position, seeking and ``readinto`` live here, once."""
+
+    size: int
+    _pos: int = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001 - any writable buffer
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class RetryingRangeFile(SizedReader):
     """A read-only, seekable view of a remote file where every read is one retried ranged request.
 
     pyarrow reads parquet footers and column chunks through it; each ``read`` is a single
@@ -356,20 +383,6 @@ class RetryingRangeFile(io.RawIOBase):
         """Whether the server ignored ``Range`` and the whole file is held here."""
         return self._whole is not None
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
     def read_at(self, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset + length)`` (fewer only past the end of the file); the position is unchanged."""
         end = min(self.size, offset + length)
@@ -395,11 +408,6 @@ class RetryingRangeFile(io.RawIOBase):
         data = self.read_at(start, end - start)
         self._pos = start + len(data)
         return data
-
-    def readinto(self, buffer) -> int:  # noqa: ANN001 - any writable buffer
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
     def readall(self) -> bytes:
         return self.read(-1)

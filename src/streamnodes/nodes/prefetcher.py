@@ -96,30 +96,16 @@ class Prefetcher(BaseNode[Episode]):
     def _get_cache(self) -> SpanCache | VideoCache:
         if self._cache is not None and not self._cache.closed:
             return self._cache
+        common = {
+            "max_bytes": self.max_bytes, "num_threads": self.num_threads, "retries": self.retries,
+            "backoff_s": self.backoff_s, "chunk_bytes": self.chunk_bytes,
+        }
         if self.byte_ranges:
-            self._cache = SpanCache(
-                self.meta.fs,
-                self.cache_dir,
-                max_bytes=self.max_bytes,
-                num_threads=self.num_threads,
-                retries=self.retries,
-                backoff_s=self.backoff_s,
-                chunk_bytes=self.chunk_bytes,
-                probe_bytes=self.probe_bytes,
-            )
+            self._cache = SpanCache(self.meta.fs, self.cache_dir, probe_bytes=self.probe_bytes, **common)
             # a dropped graph deletes its spans: the finalizer holds the cache, not this node
             weakref.finalize(self, self._cache.close)
         else:
-            self._cache = VideoCache(
-                self.meta.fs,
-                self.cache_dir,
-                max_bytes=self.max_bytes,
-                num_threads=self.num_threads,
-                retries=self.retries,
-                backoff_s=self.backoff_s,
-                space_timeout_s=self.space_timeout_s,
-                chunk_bytes=self.chunk_bytes,
-            )
+            self._cache = VideoCache(self.meta.fs, self.cache_dir, space_timeout_s=self.space_timeout_s, **common)
         return self._cache
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
