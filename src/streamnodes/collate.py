@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
@@ -99,6 +100,27 @@ def segment_offsets(sizes: Sequence[int], align: int = SEGMENT_ALIGN) -> tuple[l
     return offsets, end
 
 
+def new_shared_storage(nbytes: int) -> torch.UntypedStorage:
+    """A storage in anonymous shared memory that a DataLoader worker can send without copying.
+
+    Under torch's default ``file_descriptor`` strategy the memory is a ``memfd``: it has no name, so a
+    worker killed at any instant (SIGKILL, OOM) leaves nothing in ``/dev/shm`` and it is not bounded by
+    the size of ``/dev/shm``. (``UntypedStorage._new_shared`` creates a named ``/dev/shm/torch_*``
+    segment and unlinks it right after; a worker killed between the two leaks it.) The storage is sent
+    as its file descriptor, exactly as torch sends its own. Other strategies (or no ``memfd_create``)
+    use torch's allocation.
+    """
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is None or torch.multiprocessing.get_sharing_strategy() != "file_descriptor":
+        return torch.UntypedStorage._new_shared(nbytes)
+    fd = memfd_create("streamnodes-batch", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, nbytes)
+        return torch.UntypedStorage._new_shared_fd_cpu(fd, nbytes)  # maps a duplicate of fd
+    finally:
+        os.close(fd)
+
+
 def allocate_cameras(
     layouts: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]],
     dtype: torch.dtype,
@@ -110,7 +132,7 @@ def allocate_cameras(
     storage: shared memory when ``shared`` (what a DataLoader worker sends without copying; the same
     call ``default_collate`` uses), else page-locked when ``pin_memory``, else ordinary memory.
 
-    ``torch.empty(...).share_memory_()`` would allocate and then copy; ``UntypedStorage._new_shared``
+    ``torch.empty(...).share_memory_()`` would allocate and then copy; :func:`new_shared_storage`
     allocates in shared memory directly.
     """
     itemsize = torch.empty(0, dtype=dtype).element_size()
@@ -120,7 +142,7 @@ def allocate_cameras(
     if not keys:
         return {}
     if shared:
-        storage = torch.UntypedStorage._new_shared(total)
+        storage = new_shared_storage(total)
     elif pin_memory:
         storage = torch.empty(total, dtype=torch.uint8, pin_memory=True).untyped_storage()
     else:

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
+import traceback
 from collections.abc import Callable, Iterator
+from types import TracebackType
 from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
@@ -32,6 +35,32 @@ GraphFactory = Callable[[Consumer, int], BuiltGraph]
 CONSUMER_KEY = "consumer"
 GRAPH_KEY = "graph"
 SKIPPED_KEY = "skipped"
+
+
+def _quiet_hang_ups_while_sending() -> None:
+    """In a worker: a main process that stops (Ctrl-C) while receiving a batch's file descriptor is not an error.
+
+    A worker hands each batch's shared memory to the main process through multiprocessing's
+    resource-sharer thread. If the main process is interrupted mid-transfer, that thread's send fails
+    with ``BrokenPipeError`` and multiprocessing prints its traceback through ``sys.excepthook``,
+    although nothing is lost (the main process is shutting the worker down). Only that case is logged
+    at debug level; every other exception goes to the previous hook.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "_streamnodes_quiet", False):
+        return
+
+    def hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
+        first = traceback.extract_tb(tb, limit=1) if tb is not None else []
+        if issubclass(kind, (BrokenPipeError, ConnectionResetError)) and first and first[0].filename.endswith(
+            "resource_sharer.py"
+        ):
+            log.debug("the main process hung up while receiving a batch (it is stopping): %s", error)
+            return
+        previous(kind, error, tb)
+
+    hook._streamnodes_quiet = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 class WorkerError:
@@ -127,6 +156,7 @@ class NodeIterableDataset(IterableDataset):
             # the workers down (done event, then join/terminate); a worker interrupted on its own could
             # die mid-batch or block at exit on a full result pipe, so workers ignore SIGINT.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            _quiet_hang_ups_while_sending()
         try:
             return self._start()
         except StreamNodesError as error:
