@@ -1,7 +1,10 @@
 """The stream a saved checkpoint resumes into, pinned with literal values (grain's cross-version test).
 
-Every value below was produced by the code before the structure rework (commit 2365c2b) and again
-after it. If one changes, a checkpoint saved by an earlier version would resume into another stream:
+The values were produced by the code before the structure rework (commit 2365c2b) and again after it.
+Version 3 (frame-balanced shares) changed two of them on purpose: the shares of an epoch (contiguous runs
+of the epoch's order, cut to one frame, instead of whole episodes dealt greedily) and the packaged graph's
+frame orders (keyed by the stream's seed, the same for every consumer, instead of each consumer's pool
+seed). If a value changes, a checkpoint saved by an earlier version would resume into another stream:
 change these values only together with ``STATE_VERSION`` (recipes/state.py).
 """
 
@@ -13,10 +16,9 @@ import pytest
 
 from streamnodes.distributed import Consumer
 from streamnodes.format import open_dataset
-from streamnodes.nodes.episode_pool import frame_order
 from streamnodes.recipes import LeRobotGraph, StreamConfig
 from streamnodes.recipes.state import STATE_VERSION
-from streamnodes.sharding import epoch_order, plan_epoch
+from streamnodes.sharding import Piece, epoch_order, frame_order, plan_epoch
 from streamnodes.testing import write_dataset
 from tests.nodes.helpers import chain
 
@@ -28,7 +30,7 @@ def meta(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_state_version_is_the_pinned_one() -> None:
-    assert STATE_VERSION == 2
+    assert STATE_VERSION == 3
 
 
 def test_episode_orders_and_shards() -> None:
@@ -36,8 +38,9 @@ def test_episode_orders_and_shards() -> None:
     lengths = {i: 5 + 3 * i for i in range(8)}
     plan0 = plan_epoch(lengths, seed=7, epoch=0, shuffle=True, num_consumers=2)
     plan1 = plan_epoch(lengths, seed=7, epoch=1, shuffle=True, num_consumers=2)
-    assert plan0.episodes == ((4, 3, 0, 2, 5), (1, 6, 7)) and tuple(plan0.frames) == (67, 57)
-    assert plan1.episodes == ((4, 1, 6, 2), (5, 0, 7, 3)) and tuple(plan1.frames) == (59, 65)
+    assert plan0.episodes == ((4, 1, 6, 3), (0, 7, 2, 5)) and tuple(plan0.frames) == (62, 62)
+    assert plan1.episodes == ((4, 5, 1, 0, 6), (6, 7, 2, 3)) and tuple(plan1.frames) == (62, 62)
+    assert plan1.pieces[0][-1] == Piece(6, 0, 12, 0, 12) and plan1.pieces[1][0] == Piece(6, 12, 23, 0, 11)
 
 
 def test_frame_orders() -> None:
@@ -68,5 +71,5 @@ def test_packaged_graph_stream(meta) -> None:
     out.reset(None)
     items = [next(out) for _ in range(12)]
     assert [(int(x["episode_index"]), int(x["frame_index"])) for x in items] == [
-        (5, 17), (5, 0), (2, 0), (1, 6), (5, 5), (5, 16), (5, 3), (4, 15), (4, 6), (4, 3), (1, 1), (4, 9),
+        (5, 3), (5, 4), (2, 3), (1, 1), (5, 8), (5, 19), (5, 16), (4, 5), (4, 0), (4, 13), (1, 4), (4, 4),
     ]

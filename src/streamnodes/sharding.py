@@ -1,18 +1,62 @@
-"""Which episodes each consumer (rank x worker) reads in an epoch, and how many frames each yields.
+"""Which frames each consumer (rank x worker) reads in an epoch: pure functions of metadata and configuration.
 
-Pure functions of metadata and configuration: every consumer computes the same global order for an
-epoch from (seed, epoch) and takes its own disjoint part, so no communication is needed.
+Every consumer computes the same global episode order for an epoch from ``(seed, epoch)``, lays the
+episodes' frames end to end and takes its own contiguous share of that sequence, balanced to one frame
+(:func:`plan_epoch`). An episode on a share boundary is split: each consumer gets a :class:`Piece`, a
+disjoint part of that episode's frames. No communication is needed.
+
+An elastic resume (docs/checkpointing.md) deals the undelivered remainder of an epoch, itself a list of
+pieces, over a new set of consumers with the same arithmetic (:func:`split_pieces`).
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from streamnodes.rng import make_rng
+
+
+class Piece(NamedTuple):
+    """A part of one episode's frames: positions ``lo:hi`` of the draw order of frames ``[start, stop)``.
+
+    The draw order is :func:`frame_order` of the frames ``[start, stop)`` (a permutation fixed by seed,
+    epoch, episode and ``start``; storage order without shuffle), so a piece is a few integers whatever
+    its frames: a fresh piece is ``lo=0, hi=stop-start``; a pooled episode partly drawn is the same piece
+    with ``lo`` advanced; one frame left in a shuffle buffer is ``(episode, f, f + 1, 0, 1)``.
+    """
+
+    episode: int
+    start: int
+    stop: int
+    lo: int
+    hi: int
+
+    @property
+    def frames(self) -> int:
+        return self.hi - self.lo
+
+    @classmethod
+    def whole(cls, episode: int, length: int) -> Piece:
+        return cls(int(episode), 0, int(length), 0, int(length))
+
+
+def frame_order(length: int, *, seed: int, epoch: int, episode_index: int, shuffle: bool, start: int = 0) -> np.ndarray:
+    """The order the frames ``[start, start + length)`` of an episode are drawn in.
+
+    A permutation fixed by ``(seed, epoch, episode_index, start)`` (``start`` enters the key only when
+    it is not 0, so a whole episode's order is the one of earlier releases). Drawing "the next frame of
+    this order" is the same as drawing uniformly among the pending frames, and it makes the pending set
+    a counter instead of a list. Every consumer computes the same order for the same piece, which is
+    what lets an elastic resume hand a partly drawn piece to another consumer.
+    """
+    if not shuffle:
+        return np.arange(start, start + length)
+    key = (episode_index,) if start == 0 else (episode_index, start)
+    return make_rng(seed, epoch, "frame-order", *key).permutation(length) + start
 
 
 def epoch_order(episode_indices: Sequence[int], *, seed: int, epoch: int, shuffle: bool) -> list[int]:
@@ -24,30 +68,64 @@ def epoch_order(episode_indices: Sequence[int], *, seed: int, epoch: int, shuffl
     return [ordered[i] for i in perm]
 
 
-def assign_episodes(order: Sequence[int], lengths: Sequence[int], num_consumers: int) -> list[list[int]]:
-    """Split ``order`` into ``num_consumers`` disjoint lists balanced by frames.
+def share_bounds(total: int, num_consumers: int) -> list[int]:
+    """Boundaries of ``num_consumers`` contiguous shares of ``total`` items: share c is ``[b[c], b[c+1])``.
 
-    Greedy in order: each episode goes to the consumer with the fewest frames so far (ties to the
-    lowest id). Every consumer keeps the global order; totals differ by at most one episode length.
-    ``lengths[k]`` is the length of episode ``order[k]``.
+    Shares differ by at most one item (the larger ones last).
     """
     if num_consumers < 1:
         raise ValueError(f"num_consumers must be >= 1, got {num_consumers}")
-    parts: list[list[int]] = [[] for _ in range(num_consumers)]
-    heap = [(0, c) for c in range(num_consumers)]
-    for episode, length in zip(order, lengths, strict=True):
-        frames, c = heapq.heappop(heap)
-        parts[c].append(int(episode))
-        heapq.heappush(heap, (frames + int(length), c))
+    return [c * total // num_consumers for c in range(num_consumers + 1)]
+
+
+def split_pieces(pieces: Iterable[Piece], num_consumers: int) -> list[list[Piece]]:
+    """Lay ``pieces``' frames end to end and cut them into contiguous shares balanced to one frame.
+
+    A fresh piece (nothing drawn: ``lo=0``, ``hi=stop-start``) crossing a boundary is cut into frame
+    ranges, ``(e, s, s+k, 0, k)`` and ``(e, s+k, t, 0, t-s-k)``, whose draw orders any consumer computes
+    alone. A partly drawn piece (an elastic remainder) is cut at a draw position of its order:
+    ``(e, s, t, lo, lo+k)`` and ``(e, s, t, lo+k, hi)``. Shares keep the input order; with one consumer
+    the pieces come back unchanged.
+    """
+    pieces = [p for p in pieces if p.frames > 0]
+    bounds = share_bounds(sum(p.frames for p in pieces), num_consumers)
+    parts: list[list[Piece]] = [[] for _ in range(num_consumers)]
+    c, laid = 0, 0  # laid: frames placed so far
+    for piece in pieces:
+        fresh = piece.lo == 0 and piece.hi == piece.stop - piece.start
+        done = 0  # frames of this piece placed
+        while done < piece.frames:
+            while laid >= bounds[c + 1]:
+                c += 1
+            take = min(piece.frames - done, bounds[c + 1] - laid)
+            if take == piece.frames:
+                part = piece
+            elif fresh:
+                start = piece.start + done
+                part = Piece(piece.episode, start, start + take, 0, take)
+            else:
+                part = piece._replace(lo=piece.lo + done, hi=piece.lo + done + take)
+            parts[c].append(part)
+            done += take
+            laid += take
     return parts
 
 
 @dataclass(frozen=True)
 class EpochPlan:
-    """The episodes and frame totals of every consumer in one epoch."""
+    """The pieces and frame totals of every consumer in one epoch (consumer c = rank * num_workers + worker)."""
 
-    episodes: tuple[tuple[int, ...], ...]  # per consumer c = rank * num_workers + worker
-    frames: tuple[int, ...]  # per consumer
+    pieces: tuple[tuple[Piece, ...], ...]
+    frames: tuple[int, ...]
+
+    @classmethod
+    def of(cls, parts: Sequence[Sequence[Piece]]) -> EpochPlan:
+        return cls(tuple(tuple(p) for p in parts), tuple(sum(x.frames for x in p) for p in parts))
+
+    @property
+    def episodes(self) -> tuple[tuple[int, ...], ...]:
+        """The episodes each consumer reads (an episode split between consumers appears in each)."""
+        return tuple(tuple(p.episode for p in part) for part in self.pieces)
 
     def rank_frames(self, world_size: int, num_workers: int) -> list[int]:
         """Frames each rank would yield (sum over its workers)."""
@@ -62,24 +140,25 @@ def plan_epoch(
     shuffle: bool,
     num_consumers: int,
 ) -> EpochPlan:
-    """Assign the episodes of one epoch to ``num_consumers`` consumers (see :func:`assign_episodes`)."""
+    """Deal one epoch's frames to ``num_consumers`` consumers, balanced to one frame.
+
+    The episodes in the epoch's order (:func:`epoch_order`) are laid end to end and cut into contiguous
+    shares (:func:`split_pieces`): every frame exactly once, each consumer's share a run of whole episodes
+    with at most a part of one at each end. ``shuffle=False`` keeps storage order within and across shares.
+    """
     order = epoch_order(list(lengths_by_episode), seed=seed, epoch=epoch, shuffle=shuffle)
-    parts = assign_episodes(order, [lengths_by_episode[e] for e in order], num_consumers)
-    return EpochPlan(
-        episodes=tuple(tuple(p) for p in parts),
-        frames=tuple(sum(lengths_by_episode[e] for e in p) for p in parts),
-    )
+    return EpochPlan.of(split_pieces((Piece.whole(e, lengths_by_episode[e]) for e in order), num_consumers))
 
 
 def equal_rank_quota(plan: EpochPlan, world_size: int, num_workers: int) -> tuple[list[int], int]:
     """Per-worker frame quotas that make every rank yield the same samples and the same batches.
 
-    Policy ("trim to the minimum"): worker ``w`` of every rank yields
-    ``min over ranks r of frames(r, w)``. Every rank then has identical per-worker counts, so with
-    the same batch size each rank yields the same number of batches (workers batch separately),
-    and data-parallel training cannot hang waiting for a rank that ran out. The frames left out
-    are the last draws of the epoch (random frames, different every epoch). Returns
-    ``(quota per worker, total trimmed frames over all ranks)``. With one rank nothing is trimmed.
+    Worker ``w`` of every rank yields ``min over ranks r of frames(r, w)``: every rank then has
+    identical per-worker counts, so with the same batch size each rank yields the same number of
+    batches (workers batch separately) and data-parallel training cannot hang waiting for a rank that
+    ran out. Shares are balanced to one frame, so at most one frame per consumer is left out (the last
+    draw of its epoch). Returns ``(quota per worker, total trimmed frames over all ranks)``. With one
+    rank nothing is trimmed.
     """
     frames = np.asarray(plan.frames, dtype=np.int64).reshape(world_size, num_workers)
     quota = frames.min(axis=0)

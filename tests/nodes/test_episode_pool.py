@@ -10,7 +10,8 @@ from streamnodes.episode_reader import EpisodeReader
 from streamnodes.errors import ConfigError, StateError
 from streamnodes.format import open_dataset
 from streamnodes.nodes.episode_batcher import EpisodeBatcher
-from streamnodes.nodes.episode_pool import EpisodePool, frame_order
+from streamnodes.nodes.episode_pool import EpisodePool
+from streamnodes.sharding import frame_order
 from streamnodes.nodes.shard_source import ShardSource
 from tests.nodes.helpers import assert_resumes_everywhere, run_with_states
 
@@ -75,11 +76,11 @@ def test_draws_follow_pending_frame_weights(short_episodes) -> None:
         slots = node.state_dict()["pool"]
         for frame in node:
             if len(slots) == pool_size:  # a full pool admits nothing before the draw: these are its weights
-                weights = [lengths[e] - consumed for e, consumed in slots]
+                weights = [hi - nxt for _e, _start, _stop, nxt, hi in slots]
                 total = sum(weights)
                 for j, w in enumerate(weights):
                     expected[j] += w / total
-                observed[[e for e, _ in slots].index(frame.ref[0])] += 1
+                observed[[entry[0] for entry in slots].index(frame.ref[0])] += 1
                 draws += 1
             slots = node.state_dict()["pool"]
     stat = sum((o - e) ** 2 / e for o, e in zip(observed, expected, strict=True))
@@ -144,8 +145,8 @@ def test_state_lists_refs_and_counters(meta) -> None:
         next(node)
     state = node.state_dict()
     assert set(state) == {"source", "epoch", "pool", "rng", "config"}
-    assert all(isinstance(e, int) and isinstance(c, int) for e, c in state["pool"])
-    assert sum(c for _, c in state["pool"]) <= 5
+    assert all(len(entry) == 5 and all(isinstance(v, int) for v in entry) for entry in state["pool"])
+    assert sum(nxt for _e, _start, _stop, nxt, _hi in state["pool"]) <= 5  # whole pieces: next = frames drawn
 
 
 def test_bad_states_and_config(meta) -> None:
@@ -155,8 +156,11 @@ def test_bad_states_and_config(meta) -> None:
     state = node.state_dict()
     with pytest.raises(StateError, match="pool_size: saved 3, now 4"):
         _pool(meta, pool_size=4).reset(state)
-    state["pool"][0][1] = 10_000
-    with pytest.raises(StateError, match="frames consumed"):
+    state["pool"][0][3] = 10_000
+    with pytest.raises(StateError, match="drawn up to 10000"):
+        _pool(meta).reset(state)
+    state["pool"][0] = [0, 5]  # a version-2 entry [episode_index, consumed]
+    with pytest.raises(StateError, match="another streamnodes version"):
         _pool(meta).reset(state)
     with pytest.raises(ConfigError, match="pool_size must be >= 1"):
         _pool(meta, pool_size=0)

@@ -33,7 +33,7 @@ def test_restore_reads_buffered_episodes_once_each(meta) -> None:
     batcher = node.source.source.source
     node.reset(state)
     buffered_eps = {e for e, _ in state["buffer"]}
-    pooled_eps = [e for e, _ in state["source"]["source"]["pool"]]
+    pooled_eps = [entry[0] for entry in state["source"]["source"]["pool"]]
     assert batcher.episodes_read == len(pooled_eps) + len(buffered_eps)
     assert len(state["buffer"]) == 9  # one emitted, refilled on the next draw
 

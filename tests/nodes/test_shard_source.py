@@ -23,13 +23,27 @@ def _episodes(node) -> list[int]:
     return [ref.episode_index for ref in node]
 
 
-def test_consumers_are_disjoint_and_cover_every_episode(meta) -> None:
+def _frames(node) -> list[tuple[int, int]]:
+    node.reset(None)
+    out = []
+    for ref in node:
+        start, stop = (ref.part[1], ref.part[2]) if ref.part is not None else (0, ref.length)
+        assert ref.part is None or (ref.part[3], ref.part[4]) == (0, stop - start)  # fresh parts: frame ranges
+        out += [(ref.episode_index, f) for f in range(start, stop)]
+    return out
+
+
+def test_consumers_are_disjoint_cover_every_frame_and_balance_to_one_frame(meta) -> None:
+    every = sorted((e.episode_index, f) for e in meta.episodes for f in range(e.length))
     for world, workers in [(1, 1), (1, 3), (2, 2), (3, 2)]:
-        seen = []
+        seen, sizes = [], []
         for rank in range(world):
             for w in range(workers):
-                seen += _episodes(_source(meta, seed=4, rank=rank, world_size=world, worker_id=w, num_workers=workers))
-        assert sorted(seen) == list(range(meta.total_episodes)), (world, workers)
+                mine = _frames(_source(meta, seed=4, rank=rank, world_size=world, worker_id=w, num_workers=workers))
+                seen += mine
+                sizes.append(len(mine))
+        assert sorted(seen) == every, (world, workers)
+        assert max(sizes) - min(sizes) <= 1, (world, workers, sizes)
 
 
 def test_same_seed_same_order_other_epoch_other_order(meta) -> None:
@@ -59,7 +73,9 @@ def test_episode_subset(meta) -> None:
 
 def test_consumer_without_episodes_warns(meta) -> None:
     node = _source(meta, worker_id=7, num_workers=8)
-    with pytest.warns(UserWarning, match=r"consumer 7 .* has no episodes .* 8 consumers share 7 episodes"):
+    frames = sum(e.length for e in meta.episodes)
+    node = _source(meta, worker_id=0, num_workers=frames + 1)  # shares differ by one frame, the empty one first
+    with pytest.warns(UserWarning, match=rf"consumer 0 .* has no frames .* {frames + 1} consumers share {frames} frames"):
         assert _episodes(node) == []
 
 

@@ -71,6 +71,8 @@ class EpisodeRef:
 
     ``row_group`` is the episode's row group inside ``data_path`` (episodes of a file in index order).
     ``videos`` holds one :class:`VideoSegment` per camera, in ``DatasetMeta.video_keys`` order.
+    ``part``: set by ``ShardSource`` when a consumer reads only part of the episode's frames (a
+    :class:`streamnodes.sharding.Piece`); ``None`` is every frame. It does not take part in equality.
     """
 
     episode_index: int
@@ -81,6 +83,7 @@ class EpisodeRef:
     row_group: int
     tasks: tuple[str, ...]
     videos: tuple[VideoSegment, ...] = ()
+    part: tuple[int, int, int, int, int] | None = field(default=None, compare=False)
 
     def video(self, key: str) -> VideoSegment:
         for segment in self.videos:

@@ -11,6 +11,7 @@ from torchdata.nodes import BaseNode
 from streamnodes.errors import ConfigError, StateError
 from streamnodes.nodes._state import check_config, next_epoch, require_keys, shutdown_source
 from streamnodes.rng import make_rng, rng_from_state, rng_state, weighted_choice
+from streamnodes.sharding import Piece, frame_order
 from streamnodes.types import Episode, Frame
 
 
@@ -20,45 +21,46 @@ class EpisodeLoader(Protocol):
     def __call__(self, episode_index: int) -> Episode: ...
 
 
-def frame_order(length: int, *, seed: int, epoch: int, episode_index: int, shuffle: bool) -> np.ndarray:
-    """The order a pooled episode's frames are drawn in: a permutation fixed by (seed, epoch, episode).
-
-    Drawing "the next frame of this order" is the same as drawing uniformly among the episode's
-    pending frames, and it makes the pending set a counter (``consumed``) instead of a list.
-    """
-    if not shuffle:
-        return np.arange(length)
-    return make_rng(seed, epoch, "frame-order", episode_index).permutation(length)
-
-
 @dataclass
 class _Slot:
+    """A resident episode and the piece of it this consumer draws: ``order[next:hi]`` are pending."""
+
     episode: Episode
-    order: np.ndarray
-    consumed: int = 0
+    piece: Piece
+    order: np.ndarray  # frame_order of the piece's frames [start, stop)
+    next: int  # the draw position of the next frame
 
     @property
     def pending(self) -> int:
-        return self.episode.ref.length - self.consumed
+        return self.piece.hi - self.next
+
+    def state(self) -> list[int]:
+        return [self.piece.episode, self.piece.start, self.piece.stop, self.next, self.piece.hi]
 
 
 class EpisodePool(BaseNode[Frame]):
-    """Keeps ``pool_size`` whole episodes and emits frames uniformly at random among all pending ones.
+    """Keeps ``pool_size`` episodes and emits frames uniformly at random among all pending ones.
 
-    Each draw picks a slot with probability proportional to its pending frames (exact integer
-    arithmetic), then that episode's next frame in its fixed random order. A drained episode is
-    evicted; the next draw first admits the next episode from the source. The epoch ends when the
-    source is exhausted and the pool drained: every frame of this consumer's episodes exactly once.
-    ``shuffle=False`` drains one episode at a time in storage order.
+    Each episode comes with the part of its frames this consumer draws (its ref's ``part``, a
+    :class:`~streamnodes.sharding.Piece`; every frame when ``None``); the whole episode's rows are
+    resident, so windows reach past the part. Each draw picks a slot with probability proportional to its
+    pending frames (exact integer arithmetic), then that piece's next frame in its fixed random order
+    (:func:`~streamnodes.sharding.frame_order`). A drained slot is evicted; the next draw first admits
+    the next episode from the source. The epoch ends when the source is exhausted and the pool drained:
+    every frame of this consumer's pieces exactly once. ``shuffle=False`` drains one piece at a time in
+    storage order.
 
-    Give every consumer its own ``seed`` (the recipes use :func:`streamnodes.rng.derive_seed`).
+    Give every consumer its own ``seed`` for the slot draws (the recipes use
+    :func:`streamnodes.rng.derive_seed`); ``order_seed`` (default ``seed``) keys the frame orders of
+    pieces and must be the same for every consumer for an elastic resume to hand a partly drawn piece
+    to another consumer (the recipes pass the stream's seed).
 
     ``reader`` re-reads an episode by index (the consumer's
     :class:`~streamnodes.episode_reader.EpisodeReader`, the one its EpisodeBatcher reads through):
     a restore re-reads the pooled episodes with it, O(pool).
 
-    State: ``{"source", "epoch", "pool": [[episode_index, consumed], ...] in slot order, "rng",
-    "config"}``.
+    State: ``{"source", "epoch", "pool": [[episode_index, start, stop, next, hi], ...] in slot order (each
+    slot's piece with its next draw position), "rng", "config"}``.
     """
 
     SOURCE_KEY = "source"
@@ -76,6 +78,7 @@ class EpisodePool(BaseNode[Frame]):
         seed: int = 0,
         shuffle: bool = True,
         epoch: int = 0,
+        order_seed: int | None = None,
     ) -> None:
         super().__init__()
         if pool_size < 1:
@@ -89,6 +92,7 @@ class EpisodePool(BaseNode[Frame]):
         self.reader = reader
         self.pool_size = int(pool_size)
         self.seed = int(seed)
+        self.order_seed = self.seed if order_seed is None else int(order_seed)
         self.shuffle = bool(shuffle)
         self.initial_epoch = int(epoch)
         self.epoch: int | None = None
@@ -99,14 +103,16 @@ class EpisodePool(BaseNode[Frame]):
         self._source_done = False
 
     def _config(self) -> dict[str, Any]:
-        return {"pool_size": self.pool_size, "seed": self.seed, "shuffle": self.shuffle}
+        return {"pool_size": self.pool_size, "seed": self.seed, "order_seed": self.order_seed, "shuffle": self.shuffle}
 
-    def _admit(self, episode: Episode, consumed: int = 0) -> None:
+    def _admit(self, episode: Episode, piece: Piece | None = None) -> None:
+        ref = episode.ref
+        piece = Piece(*ref.part) if piece is None and ref.part is not None else piece or Piece.whole(ref.episode_index, ref.length)
         order = frame_order(
-            episode.ref.length, seed=self.seed, epoch=self.epoch or 0, episode_index=episode.ref.episode_index,
-            shuffle=self.shuffle,
+            piece.stop - piece.start, seed=self.order_seed, epoch=self.epoch or 0, episode_index=piece.episode,
+            shuffle=self.shuffle, start=piece.start,
         )
-        slot = _Slot(episode, order, consumed)
+        slot = _Slot(episode, piece, order, piece.lo)
         self._slots.append(slot)
         self._pending.append(slot.pending)
         self._total += slot.pending
@@ -131,14 +137,20 @@ class EpisodePool(BaseNode[Frame]):
         self.source.reset(initial_state[self.SOURCE_KEY])
         self._rng = rng_from_state(initial_state[self.RNG_KEY])
         self._clear()
-        for episode_index, consumed in initial_state[self.POOL_KEY]:
-            episode = self.reader(int(episode_index))
-            if not 0 <= int(consumed) < episode.ref.length:
+        for entry in initial_state[self.POOL_KEY]:
+            if len(entry) != 5:
                 raise StateError(
-                    f"EpisodePool: the state says episode {episode_index} has {consumed} frames consumed, but it "
-                    f"has {episode.ref.length} frames. The state belongs to another dataset."
+                    f"EpisodePool: pool entry {entry!r} is not [episode_index, start, stop, next, hi]: the state was "
+                    "written by another streamnodes version. Start the data stream fresh."
                 )
-            self._admit(episode, int(consumed))
+            episode_index, start, stop, nxt, hi = (int(v) for v in entry)
+            episode = self.reader(episode_index)
+            if not (0 <= start < stop <= episode.ref.length and 0 <= nxt < hi <= stop - start):
+                raise StateError(
+                    f"EpisodePool: the state says episode {episode_index} has frames [{start}, {stop}) drawn up to "
+                    f"{nxt} of {hi}, but it has {episode.ref.length} frames. The state belongs to another dataset."
+                )
+            self._admit(episode, Piece(episode_index, start, stop, nxt, hi))
 
     def _fill(self) -> None:
         while len(self._slots) < self.pool_size and not self._source_done:
@@ -160,8 +172,8 @@ class EpisodePool(BaseNode[Frame]):
         else:
             i = 0
         slot = self._slots[i]
-        position = int(slot.order[slot.consumed])
-        slot.consumed += 1
+        position = int(slot.order[slot.next])
+        slot.next += 1
         self._total -= 1
         if pending[i] == 1:  # drained: evict
             del self._slots[i], pending[i]
@@ -173,7 +185,7 @@ class EpisodePool(BaseNode[Frame]):
         return {
             self.SOURCE_KEY: self.source.state_dict(),
             self.EPOCH_KEY: self.epoch,
-            self.POOL_KEY: [[s.episode.ref.episode_index, s.consumed] for s in self._slots],
+            self.POOL_KEY: [s.state() for s in self._slots],
             self.RNG_KEY: rng_state(self._rng),
             self.CONFIG_KEY: self._config(),
         }

@@ -1,7 +1,9 @@
-"""ShardSource: the EpisodeRefs one consumer (rank x worker) reads in an epoch."""
+"""ShardSource: the EpisodeRefs (whole episodes or parts) one consumer (rank x worker) reads in an epoch."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import warnings
 from collections.abc import Sequence
@@ -12,17 +14,22 @@ from torchdata.nodes import BaseNode
 from streamnodes.distributed import Consumer, current_consumer
 from streamnodes.format.metadata import DatasetMeta, EpisodeRef
 from streamnodes.nodes._state import check_config, next_epoch, require_keys
-from streamnodes.sharding import plan_epoch
+from streamnodes.sharding import EpochPlan, Piece, plan_epoch, split_pieces
 
 log = logging.getLogger(__name__)
 
 
 class ShardSource(BaseNode[EpisodeRef]):
-    """Emits this consumer's episodes for the epoch, in the epoch's order.
+    """Emits this consumer's share of the epoch, in the epoch's order: one EpisodeRef per piece.
 
-    All consumers derive the same global permutation from ``(seed, epoch)`` and split it into
-    disjoint parts balanced by frames (:func:`streamnodes.sharding.plan_epoch`): across consumers,
-    every episode exactly once per epoch. ``shuffle=False`` keeps storage order.
+    All consumers derive the same global permutation from ``(seed, epoch)`` and cut its frames into
+    contiguous shares balanced to one frame (:func:`streamnodes.sharding.plan_epoch`): across
+    consumers, every frame exactly once per epoch. An episode on a share boundary is split; its ref's
+    ``part`` says which frames are this consumer's (the pool draws only those). ``shuffle=False`` keeps
+    storage order.
+
+    ``remainder``: ``(epoch, pieces)`` of an elastic resume (docs/checkpointing.md); in that epoch the
+    pieces are dealt over the consumers instead of the epoch's own plan.
 
     Epochs: the first ``reset()`` starts ``epoch``; each later ``reset()`` without a state starts
     the next one (as ``torchdata.nodes.Loader`` does between epochs). The epoch is in the state.
@@ -46,6 +53,7 @@ class ShardSource(BaseNode[EpisodeRef]):
         worker_id: int | None = None,
         num_workers: int | None = None,
         episodes: Sequence[int] | None = None,
+        remainder: tuple[int, Sequence[Piece]] | None = None,
     ) -> None:
         super().__init__()
         self.meta = meta
@@ -56,9 +64,16 @@ class ShardSource(BaseNode[EpisodeRef]):
         subset = sorted({int(e) for e in episodes}) if episodes is not None else None
         self.lengths = meta.episode_lengths(subset)  # from the columns: no EpisodeRef per episode
         self.episode_subset = subset
+        self.remainder = (int(remainder[0]), tuple(Piece(*map(int, p)) for p in remainder[1])) if remainder else None
         self.epoch: int | None = None
         self._offset = 0
-        self._mine: tuple[int, ...] = ()  # this consumer's episodes this epoch; refs are made one at a time
+        self._mine: tuple[Piece, ...] = ()  # this consumer's pieces this epoch; refs are made one at a time
+
+    def plan(self, epoch: int) -> EpochPlan:
+        """Every consumer's pieces in ``epoch`` (the elastic remainder's deal in its epoch)."""
+        if self.remainder is not None and self.remainder[0] == epoch:
+            return EpochPlan.of(split_pieces(self.remainder[1], self.consumer.count))
+        return plan_epoch(self.lengths, seed=self.seed, epoch=epoch, shuffle=self.shuffle, num_consumers=self.consumer.count)
 
     def _config(self) -> dict[str, Any]:
         c = self.consumer
@@ -68,6 +83,7 @@ class ShardSource(BaseNode[EpisodeRef]):
             "shuffle": self.shuffle,
             "episodes": self.episode_subset,
             "consumer": [c.rank, c.world_size, c.worker_id, c.num_workers],
+            "remainder": _digest(self.remainder),
         }
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
@@ -77,16 +93,13 @@ class ShardSource(BaseNode[EpisodeRef]):
             check_config("ShardSource", initial_state[self.CONFIG_KEY], self._config())
         self.epoch = next_epoch(initial_state and initial_state[self.EPOCH_KEY], self.epoch, self.initial_epoch)
         self._offset = int(initial_state[self.OFFSET_KEY]) if initial_state is not None else 0
-        plan = plan_epoch(
-            self.lengths, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle, num_consumers=self.consumer.count
-        )
-        mine = plan.episodes[self.consumer.id]
-        self._mine = tuple(mine)
+        mine = self.plan(self.epoch).pieces[self.consumer.id]
+        self._mine = mine
         if not mine:
             msg = (
                 f"ShardSource: consumer {self.consumer.id} (rank {self.consumer.rank}, worker "
-                f"{self.consumer.worker_id}) has no episodes in epoch {self.epoch}: {self.consumer.count} consumers "
-                f"share {len(self.lengths)} episodes. Use fewer workers or ranks than episodes."
+                f"{self.consumer.worker_id}) has no frames in epoch {self.epoch}: {self.consumer.count} consumers "
+                f"share {sum(self.lengths.values())} frames. Use fewer workers or ranks."
             )
             warnings.warn(msg, stacklevel=2)
             log.warning(msg)
@@ -94,9 +107,10 @@ class ShardSource(BaseNode[EpisodeRef]):
     def next(self) -> EpisodeRef:
         if self._offset >= len(self._mine):
             raise StopIteration
-        ref = self.meta.episode(self._mine[self._offset])
+        piece = self._mine[self._offset]
         self._offset += 1
-        return ref
+        ref = self.meta.episode(piece.episode)
+        return ref if piece == Piece.whole(piece.episode, ref.length) else dataclasses.replace(ref, part=piece)
 
     def get_state(self) -> dict[str, Any]:
         return {self.EPOCH_KEY: self.epoch, self.OFFSET_KEY: self._offset, self.CONFIG_KEY: self._config()}
@@ -108,3 +122,10 @@ class ShardSource(BaseNode[EpisodeRef]):
             f"{c.num_workers}), episodes={len(self.lengths)}, seed={self.seed}, shuffle={self.shuffle}, "
             f"epoch={self.epoch}, offset={self._offset})"
         )
+
+
+def _digest(remainder: tuple[int, tuple[Piece, ...]] | None) -> str | None:
+    """A short fingerprint of an elastic remainder (a state saved in a re-dealt epoch needs the same one)."""
+    if remainder is None:
+        return None
+    return hashlib.sha256(repr(remainder).encode()).hexdigest()[:16]

@@ -24,7 +24,7 @@ from streamnodes.nodes import (
 )
 from streamnodes.recipes.config import StreamConfig
 from streamnodes.rng import derive_seed
-from streamnodes.sharding import EpochPlan, equal_rank_quota, plan_epoch
+from streamnodes.sharding import EpochPlan, Piece, equal_rank_quota, plan_epoch, split_pieces
 
 GraphConfig = StreamConfig  # the name of the first releases
 
@@ -66,12 +66,17 @@ class LeRobotGraph:
         self.config = config
         self.batch_in_graph = bool(batch_in_graph and config.batch_size is not None)
         self.pin_memory = bool(pin_memory)
+        #: ``(epoch, pieces)``: the undelivered rest of an epoch to deal instead of its plan (elastic resume)
+        self.remainder: tuple[int, tuple[Piece, ...]] | None = None
 
     def lengths(self) -> dict[int, int]:
         eps = self.config.episodes
         return self.meta.episode_lengths(None if eps is None else [int(i) for i in eps])
 
     def plan(self, epoch: int, num_consumers: int) -> EpochPlan:
+        """Every consumer's pieces in ``epoch`` (in an elastic resume's epoch: its remainder, dealt anew)."""
+        if self.remainder is not None and self.remainder[0] == epoch:
+            return EpochPlan.of(split_pieces(self.remainder[1], num_consumers))
         return plan_epoch(
             self.lengths(), seed=self.config.seed, epoch=epoch, shuffle=self.config.shuffle, num_consumers=num_consumers
         )
@@ -86,6 +91,7 @@ class LeRobotGraph:
         node: BaseNode = ShardSource(
             self.meta, seed=c.seed, shuffle=c.shuffle, epoch=epoch, rank=consumer.rank, world_size=consumer.world_size,
             worker_id=consumer.worker_id, num_workers=consumer.num_workers, episodes=c.episodes,
+            remainder=self.remainder,
         )
         node = EpisodeBatcher(node, reader)
         if self.meta.is_remote:
@@ -97,7 +103,7 @@ class LeRobotGraph:
             node = guard = EpisodeGuard(node, self.meta, on_error="skip", tolerance_s=c.tolerance_s)
         node = EpisodePool(
             node, reader=reader, pool_size=c.episode_pool_size, seed=derive_seed(c.seed, consumer.id, "pool"),
-            shuffle=c.shuffle, epoch=epoch,
+            shuffle=c.shuffle, epoch=epoch, order_seed=c.seed,
         )
         node = window = DeltaWindow(node, self.meta, delta_timestamps=c.delta_timestamps, tolerance_s=c.tolerance_s)
         if c.frame_shuffle_size > 0:

@@ -13,7 +13,8 @@ from typing import Any
 from streamnodes.errors import StateError
 
 #: 2: the dataset state holds ``skipped`` (EpisodeGuard's episodes) as its own field.
-STATE_VERSION = 2
+#: 3: frame-balanced shares (pieces of episodes); pool entries are [episode, start, stop, next, hi].
+STATE_VERSION = 3
 
 VERSION_KEY = "version"
 EPOCH_KEY = "epoch"
