@@ -10,6 +10,7 @@ of an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -158,3 +159,62 @@ def test_killed_training_resumes_without_loss_or_repeat(dataset, tmp_path, ranks
         seen = [i for r in range(ranks) for s, idx in consumed[r] if bounds[epoch] < s <= bounds[epoch + 1] for i in idx]
         _, trimmed = loader.graph.quotas(epoch, ranks, 2)
         assert len(seen) == len(set(seen)) == sum(LENGTHS) - trimmed
+
+
+def _command_with(dataset: Path, out: Path, log: Path, steps: int, ranks: int, workers: int) -> list[str]:
+    cmd = _command(dataset, out, log, steps, ranks)
+    i = cmd.index("--num_workers")
+    return [*cmd[: i + 1], str(workers), *cmd[i + 2 :]]
+
+
+def _rest_of_epoch(dataset: Path, checkpoint: Path, ranks: int, workers: int) -> tuple[int, int]:
+    """(epoch, batches each new rank yields in the rest of it) after the elastic restore, read as train.py does."""
+    from streamnodes.recipes.checkpoint import load_checkpoint
+
+    counts = set()
+    fps = json.loads((dataset / "meta" / "info.json").read_text())["fps"]
+    chunk = {"action": [k / fps for k in range(10)]}  # train.py's default --chunk 10
+    for rank in range(ranks):
+        loader = build_loader(dataset, batch_size=4, num_workers=workers, episode_pool_size=3, seed=2, rank=rank,
+                              world_size=ranks, delta_timestamps=chunk)  # train.py's stream settings
+        loader.load_state_dict(load_checkpoint(checkpoint, rank, world_size=ranks)["loader"])
+        counts.add((loader.epoch, len(loader)))
+    assert len(counts) == 1, counts  # every new rank yields the same number of batches
+    return counts.pop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [((2, 2), (1, 2)), ((1, 2), (2, 2)), ((1, 2), (1, 1))],
+    ids=["2-ranks-to-1", "1-rank-to-2", "2-workers-to-1"],
+)
+def test_killed_training_resumes_elastically(dataset, tmp_path, before, after) -> None:
+    """Killed mid-epoch, resumed with another number of processes (or workers): across the change, no
+    sample of the epoch repeats and none is lost beyond each topology's trim (at most a frame per consumer)."""
+    from streamnodes.recipes.checkpoint import checkpoint_step, latest_checkpoint
+
+    (ranks_a, workers_a), (ranks_b, workers_b) = before, after
+    out, log = tmp_path / "run", tmp_path / "indices.log"
+    first = build_loader(dataset, batch_size=4, num_workers=workers_a, episode_pool_size=3, seed=2, rank=0, world_size=ranks_a)
+    epoch0 = first.batches_per_epoch(0)
+    code = _run_and_kill(_command_with(dataset, out, log, 10 * epoch0, ranks_a, workers_a), log, at_step=epoch0 // 2 + 2)
+    assert code == -signal.SIGKILL
+    checkpoint = latest_checkpoint(out)
+    assert checkpoint is not None
+    saved = checkpoint_step(checkpoint)
+    assert 0 < saved < epoch0
+    epoch, rest = _rest_of_epoch(dataset, checkpoint, ranks_b, workers_b)
+    assert epoch == 0 and rest > 0
+    killed = _read(log)
+    _run_to_end(_command_with(dataset, out, log, saved + rest, ranks_b, workers_b))  # exactly the rest of epoch 0
+
+    kept = [line for line in killed if line[0] <= saved]  # the killed run up to its checkpoint (its tail rolled back)
+    assert len(kept) == saved * ranks_a
+    resumed = _read(log)[len(killed) :]
+    assert {s for s, _, _ in resumed} == set(range(saved + 1, saved + rest + 1))
+    assert all(sum(1 for s, r, _ in resumed if r == rank) == rest for rank in range(ranks_b))
+    seen = [i for _, _, idx in kept for i in idx] + [i for _, _, idx in resumed for i in idx]
+    assert len(seen) == len(set(seen)), "a sample was delivered twice across the change"
+    missing = sum(LENGTHS) - len(seen)
+    assert 0 <= missing <= ranks_a * max(1, workers_a) + ranks_b * max(1, workers_b), missing

@@ -16,9 +16,9 @@ a file. A checkpoint counts as complete once every rank has written its ``comple
 a rank writes its marker only after its own files: :func:`latest_checkpoint` returns the newest
 complete checkpoint, so a kill during a save falls back to the one before.
 
-Loader states are per rank because each rank reads its own part of the stream (docs/checkpointing.md); a checkpoint
-can only be resumed with the world size it was written with (:class:`~streamnodes.errors.StateError`
-otherwise).
+Loader states are per rank because each rank reads its own part of the stream (docs/checkpointing.md). A
+checkpoint resumed with another world size gives every rank all the ranks' loader states, which the loader
+re-deals over the new topology (elastic resume).
 """
 
 from __future__ import annotations
@@ -230,26 +230,19 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
-def latest_checkpoint(directory: str | os.PathLike[str], world_size: int) -> Path | None:
+def latest_checkpoint(directory: str | os.PathLike[str], world_size: int | None = None) -> Path | None:
     """The newest complete checkpoint under ``directory``, or ``None`` when there is none.
 
     Complete means every rank of the run that wrote it finished its files (all its markers exist);
-    half-written checkpoints of a killed run are skipped. Raises :class:`StateError` when the newest
-    complete checkpoint was written by a different number of ranks than ``world_size``: loader states
-    are per rank and cannot be redistributed, and silently falling back to an older checkpoint would
-    hide the mistake.
+    half-written checkpoints of a killed run are skipped. The world size it was written with may differ
+    from this run's (``world_size``, kept for callers that pass it): :func:`load_checkpoint` then
+    gives every rank all the ranks' loader states, and the loader re-deals the rest of the epoch
+    (elastic resume, docs/checkpointing.md).
     """
+    del world_size
     for path in reversed(list_checkpoints(directory)):
-        written = _written_world_size(path)
-        if written is None:
-            continue
-        if written != world_size:
-            raise StateError(
-                f"the newest complete checkpoint {path} was written by {written} rank(s), but this run has "
-                f"world size {world_size}. Loader states are saved per rank and cannot be re-split: resume "
-                f"with {written} process(es), or start fresh in another output directory."
-            )
-        return path
+        if _written_world_size(path) is not None:
+            return path
     return None
 
 
@@ -262,9 +255,13 @@ def load_checkpoint(
     ``optimizer`` are ``None`` when the checkpoint has none (a ``--dummy`` run). Every file is read with
     ``torch.load(weights_only=True)`` on the CPU.
 
+    ``loader`` is this rank's own loader state when the checkpoint was written with this run's
+    ``world_size`` (or ``world_size`` is not given); otherwise it is the list of EVERY rank's loader
+    state, which ``StreamLoader.load_state_dict`` re-deals over the new topology (elastic resume), and
+    ``extra`` is this rank's if it existed, else rank 0's.
+
     Raises :class:`StateError` when ``path`` is not a complete checkpoint, when this rank's loader
-    file is missing (the checkpoint was written by fewer ranks), or when the checkpoint's world size
-    differs from ``world_size`` (checked when given).
+    file is missing although the world size is the same, or when a file belongs to another run.
     """
     path = Path(path)
     if not path.is_dir():
@@ -276,17 +273,37 @@ def load_checkpoint(
             f"checkpoint {path} is incomplete: completion markers exist for ranks {present} only (a run was "
             "probably killed while saving it). Resume from an older checkpoint, e.g. with --resume_from auto."
         )
-    if world_size is not None and written != world_size:
-        raise StateError(
-            f"checkpoint {path} was written by {written} rank(s) but this run has world size {world_size}. "
-            f"Loader states are saved per rank: resume with {written} process(es)."
-        )
+    elastic = world_size is not None and written != world_size
+    if elastic:
+        per_rank_files = [_load_rank(path, r, written) for r in range(written)]
+        own = per_rank_files[rank] if rank < written else per_rank_files[0]
+        loader: Any = [f["loader"] for f in per_rank_files]
+    else:
+        own = _load_rank(path, rank, written)
+        loader = own["loader"]
+
+    def optional(name: str) -> Any:
+        file = path / name
+        return _load(file) if file.is_file() else None
+
+    return {
+        "step": int(own["step"]),
+        "world_size": written,
+        "model": optional(MODEL_FILE),
+        "optimizer": optional(OPTIMIZER_FILE),
+        "loader": loader,
+        "extra": own.get("extra", {}),
+    }
+
+
+def _load_rank(path: Path, rank: int, written: int) -> dict[str, Any]:
+    """Rank ``rank``'s loader file of a complete checkpoint written by ``written`` ranks, checked."""
     loader_path = path / LOADER_FILE.format(rank=rank)
     if not loader_path.is_file():
         files = sorted(p.name for p in path.glob("loader-rank*.pt"))
         raise StateError(
             f"checkpoint {path} has no loader state for rank {rank} (it holds {files}, written by {written} "
-            f"rank(s)). Resume with the world size it was written with."
+            f"rank(s)). Pass world_size= to load every rank's state for an elastic resume."
         )
     per_rank = _load(loader_path)
     if per_rank.get("format") != CHECKPOINT_FORMAT:
@@ -299,19 +316,7 @@ def load_checkpoint(
             f"{loader_path} says rank {per_rank['rank']} of {per_rank['world_size']}, expected rank {rank} "
             f"of {written}: the checkpoint directory was assembled from different runs. Resume from a checkpoint written by one run."
         )
-
-    def optional(name: str) -> Any:
-        file = path / name
-        return _load(file) if file.is_file() else None
-
-    return {
-        "step": int(per_rank["step"]),
-        "world_size": written,
-        "model": optional(MODEL_FILE),
-        "optimizer": optional(OPTIMIZER_FILE),
-        "loader": per_rank["loader"],
-        "extra": per_rank.get("extra", {}),
-    }
+    return per_rank
 
 
 def _load(file: Path) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from torch.utils.data import default_collate
@@ -16,8 +16,11 @@ from streamnodes.format.metadata import DatasetMeta
 from streamnodes.format.open import open_dataset
 from streamnodes.recipes.bridge import NodeIterableDataset, WorkerError
 from streamnodes.recipes.config import StreamConfig
+from streamnodes.recipes.elastic import SavedRank, epoch_remainder
 from streamnodes.recipes.graph import LeRobotGraph
+from streamnodes.recipes.state import EPOCH_KEY as EPOCH_KEY_
 from streamnodes.recipes.state import STATE_VERSION, check_header, dataset_states, write_header
+from streamnodes.sharding import Piece
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,7 @@ STATE_KEY = "streamnodes"
 LOADER_KEY = "loader"
 TOPOLOGY_KEY = "topology"
 DATASET_KEY = "dataset"
+REMAINDER_KEY = "remainder"
 
 
 class StreamLoader(StatefulDataLoader):
@@ -32,8 +36,10 @@ class StreamLoader(StatefulDataLoader):
 
     Each ``iter(loader)`` starts the next epoch (a new order); ``loader.epoch`` says which. The
     state wraps StatefulDataLoader's per-worker state with the epoch and the topology it was saved
-    with, so a state from another world size or worker count fails with a clear message instead
-    of an assertion deep inside the DataLoader.
+    with. ``load_state_dict(state)`` restores this rank's own state (same world size and
+    ``num_workers``); ``load_state_dict([state_rank0, state_rank1, ...])`` takes every rank's state of a
+    run with any world size or ``num_workers`` and re-deals the rest of the interrupted epoch over this
+    topology (elastic resume, docs/checkpointing.md).
     """
 
     dataset: NodeIterableDataset
@@ -81,7 +87,14 @@ class StreamLoader(StatefulDataLoader):
         inner = super().state_dict()
         finished = bool(self._iterator is not None and getattr(self._iterator, "_finished", False))
         header = write_header(self.epoch, TOPOLOGY_KEY, self._topology(), self.dataset.config_fingerprint)
-        return {STATE_KEY: {**header, "epoch_finished": finished, DATASET_KEY: self._dataset_identity()}, LOADER_KEY: inner}
+        remainder = self.graph.remainder if self.graph is not None else None
+        saved_remainder = [remainder[0], [list(p) for p in remainder[1]]] if remainder and remainder[0] == self.epoch else None
+        return {
+            STATE_KEY: {
+                **header, "epoch_finished": finished, DATASET_KEY: self._dataset_identity(), REMAINDER_KEY: saved_remainder,
+            },
+            LOADER_KEY: inner,
+        }
 
     def _dataset_identity(self) -> dict[str, Any] | None:
         if self.graph is None:
@@ -102,23 +115,109 @@ class StreamLoader(StatefulDataLoader):
     def _topology(self) -> list[int]:
         return [self.dataset.rank, self.dataset.world_size, self.num_workers]
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not isinstance(state_dict, Mapping) or STATE_KEY not in state_dict or LOADER_KEY not in state_dict:
-            raise StateError(
-                "StreamLoader.load_state_dict: not a streamnodes loader state (expected keys "
-                f"{[STATE_KEY, LOADER_KEY]}). Pass what loader.state_dict() returned."
+    def load_state_dict(self, state_dict: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
+        """Restore this rank's own state, or re-deal the rest of an epoch from every rank's state (elastic).
+
+        ``state_dict``: what ``loader.state_dict()`` returned on this rank (same world size and
+        ``num_workers``; the stream continues item for item), or the list of every rank's
+        ``state_dict()`` saved at the same step, from a run with any world size and ``num_workers``: the
+        undelivered rest of that epoch is dealt over this loader's topology (nothing delivered again,
+        the rest once, equal batches per rank) and later epochs follow this topology. A one-rank run's
+        single state also re-deals when only ``num_workers`` changed.
+        """
+        states = [state_dict] if isinstance(state_dict, Mapping) else list(state_dict)
+        if not states:
+            raise StateError("StreamLoader.load_state_dict: an empty list of states. Pass every rank's loader.state_dict().")
+        for state in states:
+            if not isinstance(state, Mapping) or STATE_KEY not in state or LOADER_KEY not in state:
+                raise StateError(
+                    "StreamLoader.load_state_dict: not a streamnodes loader state (expected keys "
+                    f"{[STATE_KEY, LOADER_KEY]}). Pass what loader.state_dict() returned."
+                )
+            meta = state[STATE_KEY]
+            if meta.get("version") == STATE_VERSION:  # an older version is refused below, saying so
+                self._check_dataset(meta.get(DATASET_KEY))
+        headers = [s[STATE_KEY] for s in states]
+        mine = [h for h, s in zip(headers, states, strict=True) if h.get(TOPOLOGY_KEY) == self._topology()]
+        saved_world = headers[0].get(TOPOLOGY_KEY, [None, None])[1]
+        if len(states) == 1 and not mine and saved_world != 1:
+            check_header(  # a single rank's state into another topology: refused, saying what to pass
+                headers[0], TOPOLOGY_KEY, self._topology(), self.dataset.config_fingerprint,
+                names=("rank", "world_size", "num_workers"),
+                remedy=(
+                    "Restore each rank's own state file with the world size and num_workers it was saved with, or pass "
+                    "the list of EVERY rank's state, loader.load_state_dict([state_rank0, state_rank1, ...]), to re-deal "
+                    "the rest of the epoch over this topology (docs/checkpointing.md)."
+                ),
             )
+        if len(mine) == 1 and headers[0].get(TOPOLOGY_KEY, [0, 0, 0])[1] == self.dataset.world_size:
+            self._load_own(states[headers.index(mine[0])])
+        else:
+            self._load_elastic(states)
+
+    def _load_own(self, state_dict: Mapping[str, Any]) -> None:
         meta = state_dict[STATE_KEY]
-        if meta.get("version") == STATE_VERSION:  # an older version is refused below, saying so
-            self._check_dataset(meta.get(DATASET_KEY))
         check_header(
             meta, TOPOLOGY_KEY, self._topology(), self.dataset.config_fingerprint,
             names=("rank", "world_size", "num_workers"),
             remedy="Each rank restores its own state file, with the world size and num_workers it was saved with.",
         )
+        if self.graph is not None:
+            saved = meta.get(REMAINDER_KEY)
+            self.graph.remainder = (int(saved[0]), tuple(Piece(*p) for p in saved[1])) if saved else None
         self._resume_epoch = int(meta["epoch"]) + (1 if meta.get("epoch_finished") else 0)
         self.epoch = self._resume_epoch  # what the next iter() yields from
         super().load_state_dict(state_dict[LOADER_KEY])
+
+    def _load_elastic(self, states: Sequence[Mapping[str, Any]]) -> None:
+        """Re-deal the undelivered rest of the saved epoch over this loader's topology (docs/checkpointing.md)."""
+        if self.graph is None:
+            raise StateError("elastic resume needs the loader's LeRobotGraph (build the loader with build_loader).")
+        headers = [s[STATE_KEY] for s in states]
+        for h in headers:  # version and stream configuration, whatever the topology
+            check_header(h, TOPOLOGY_KEY, h.get(TOPOLOGY_KEY, []), self.dataset.config_fingerprint, names=(), remedy="")
+        topologies = [list(h[TOPOLOGY_KEY]) for h in headers]
+        world, workers = topologies[0][1], topologies[0][2]
+        ranks = sorted(t[0] for t in topologies)
+        if any(t[1:] != [world, workers] for t in topologies) or ranks != list(range(world)):
+            raise StateError(
+                f"elastic resume needs the state of every rank of one run, saved at the same step: got states of "
+                f"[rank, world_size, num_workers] = {sorted(topologies)}; a run with world_size {world} has ranks "
+                f"0..{world - 1}. Pass every rank's loader.state_dict() (one file per rank)."
+            )
+        epochs = {int(h[EPOCH_KEY_]) for h in headers}
+        remainders = {repr(h.get(REMAINDER_KEY)) for h in headers}
+        if len(epochs) != 1 or len(remainders) != 1:
+            raise StateError(
+                f"elastic resume: the ranks' states are from different epochs ({sorted(epochs)}) or streams; pass the "
+                "states every rank saved at the same step."
+            )
+        epoch = epochs.pop()
+        saved_remainder = headers[0].get(REMAINDER_KEY)
+        old = self.graph.remainder
+        self.graph.remainder = (int(saved_remainder[0]), tuple(Piece(*p) for p in saved_remainder[1])) if saved_remainder else None
+        plan = self.graph.plan(epoch, world * max(1, workers))  # the saved epoch's shares over the OLD consumers
+        saved_ranks = [
+            SavedRank(
+                rank=int(h[TOPOLOGY_KEY][0]), world_size=world, num_workers=workers, epoch=epoch,
+                finished=bool(h.get("epoch_finished")), consumers=_consumer_states(s[LOADER_KEY]),
+            )
+            for h, s in zip(headers, states, strict=True)
+        ]
+        rest = epoch_remainder(saved_ranks, plan)
+        if rest:
+            self.graph.remainder = (epoch, tuple(rest))
+            self._resume_epoch = epoch
+        else:  # the epoch was delivered (up to its trim): the next one follows this topology
+            self.graph.remainder = old if old is not None and old[0] > epoch else None
+            self._resume_epoch = epoch + 1
+        self.epoch = self._resume_epoch  # every consumer starts the (re-dealt) epoch fresh: no per-worker state
+        log.info(
+            "elastic resume: %d rank(s) x %d worker(s) saved in epoch %d -> %d rank(s) x %d worker(s): %d undelivered "
+            "frames in %d pieces re-dealt; the next epoch is %d",
+            world, workers, epoch, self.dataset.world_size, self.num_workers, sum(p.frames for p in rest), len(rest),
+            self._resume_epoch,
+        )
 
     def stats(self) -> dict[str, Any]:
         """What the stream reports across all workers: this epoch's skipped episodes with reasons.
@@ -181,6 +280,16 @@ class StreamLoader(StatefulDataLoader):
             f"StreamLoader(rank={self.dataset.rank}/{self.dataset.world_size}, num_workers={self.num_workers}, "
             f"batch_size={self.batch_size}, epoch={self.epoch}, graph={self.graph!r})"
         )
+
+
+def _consumer_states(loader_state: Mapping[str, Any]) -> dict[int, Mapping[str, Any]]:
+    """Each saved consumer's dataset state by worker id (0 without workers), read from its own header."""
+    out: dict[int, Mapping[str, Any]] = {}
+    for state in dataset_states(loader_state):
+        topology = state.get("consumer")
+        if isinstance(topology, list) and len(topology) == 4:
+            out[int(topology[2])] = state
+    return out
 
 
 class _RaisingIterator(Iterator[Any]):
