@@ -187,23 +187,38 @@ def test_bad_arguments(clean) -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("saved", "change", "message"),
     [
-        ({"seed": 1}, "another stream configuration"),
-        ({"episode_pool_size": 3}, "another stream configuration"),
-        ({"delta_timestamps": {"action": [0.0, 0.2]}}, "another stream configuration"),
-        ({"num_workers": 1}, "num_workers saved 2, now 1"),
-        ({"rank": 1, "world_size": 2}, "rank saved 0, now 1, world_size saved 1, now 2"),
+        ({}, {"seed": 1}, "another stream configuration"),
+        ({}, {"episode_pool_size": 3}, "another stream configuration"),
+        ({}, {"delta_timestamps": {"action": [0.0, 0.2]}}, "another stream configuration"),
+        # one rank's state of a 2-rank run: alone it cannot say what the other rank delivered
+        ({"rank": 0, "world_size": 2}, {"rank": 1, "world_size": 2}, r"rank saved 0, now 1\)\. Restore each rank's own"),
+        ({"rank": 0, "world_size": 2}, {"num_workers": 1}, r"world_size saved 2, now 1, num_workers saved 2, now 1\).*EVERY rank's state"),
     ],
 )
-def test_state_from_another_config_or_topology(clean, change, message) -> None:
+def test_state_from_another_config_or_topology(clean, saved, change, message) -> None:
     base = {"batch_size": 4, "num_workers": 2, "episode_pool_size": 2, "seed": 0, "delta_timestamps": {"action": [0.0, 0.1]}}
-    loader = build_loader(clean, **base)
+    loader = build_loader(clean, **base, **saved)
     it = iter(loader)
     next(it)
     state = loader.state_dict()
     with pytest.raises(StateError, match=message):
         build_loader(clean, **{**base, **change}).load_state_dict(state)
+
+
+@pytest.mark.parametrize("change", [{"num_workers": 1}, {"num_workers": 0}, {"rank": 1, "world_size": 2}])
+def test_a_one_rank_runs_state_re_deals_into_another_topology(clean, change) -> None:
+    """A one-rank run's single state is every rank's state: another num_workers or world size re-deals it."""
+    base = {"batch_size": 4, "num_workers": 2, "episode_pool_size": 2, "seed": 0}
+    loader = build_loader(clean, **base)
+    it = iter(loader)
+    first = next(it)["index"].tolist()
+    state = loader.state_dict()
+    resumed = build_loader(clean, **{**base, **change})
+    resumed.load_state_dict(state)
+    rest = [i for batch in resumed for i in batch["index"].tolist()]
+    assert resumed.epoch == 0 and not set(first) & set(rest) and len(rest) == len(set(rest)) > 0
 
 
 def test_state_from_another_dataset_or_version(clean, ds, tmp_path) -> None:

@@ -99,3 +99,46 @@ def test_bound_smaller_than_one_episode_raises_at_once_naming_both_sizes(dataset
     need, limit = (int(n) for n in re.search(r"\((\d+) bytes: .*\((\d+) bytes\)", str(info.value)).groups())
     assert limit == bound and need > bound
     assert sent < sum(_mp4s(dataset).values()) / 2  # only indexes were read: no span was fetched
+
+
+def test_an_episode_split_between_consumers_fetches_its_part_widened_by_the_window(dataset: Path, tmp_path: Path) -> None:
+    """With 2 workers the epoch's shares split episodes; a split episode's spans cover its frames plus the
+    window's reach only (fewer bytes than the whole episode), and every value still equals the local read."""
+    import dataclasses
+
+    from torchdata.nodes import IterableWrapper
+
+    from streamnodes.episode_reader import EpisodeReader
+    from streamnodes.nodes import Prefetcher
+    from streamnodes.sharding import Piece
+    from streamnodes.types import resolve_video
+
+    camera = "observation.images.front"
+    kw = {**KW, "delta_timestamps": {camera: [-0.2, 0.0, 0.3]}}  # 2 frames back, 3 ahead at 10 fps
+    local = list(build_loader(dataset, num_workers=2, **kw))
+    with serve_directory(dataset) as server:
+        loader = build_loader(server.url, num_workers=2, cache_dir=str(tmp_path / "c"), **kw)
+        assert loader.graph.video_reach() == (2, 3)
+        assert any(p.frames < LENGTHS[p.episode] for share in loader.graph.plan(0, 2).pieces for p in share)  # split
+        remote = list(loader)
+        meta = open_dataset(server.url)
+        ref = meta.episode(7)
+        prefetcher = Prefetcher(IterableWrapper([]), meta, reach=(2, 3))
+        part = dataclasses.replace(ref, part=Piece(ref.episode_index, 10, 14, 0, 4))
+        assert prefetcher.frames_to_fetch(part) == (8, 9)  # frames 10..13, 2 before and 3 after
+        assert prefetcher.frames_to_fetch(dataclasses.replace(ref, part=Piece(ref.episode_index, 0, 3, 0, 3))) == (0, 6)
+        assert prefetcher.frames_to_fetch(ref) == (0, ref.length)  # a whole episode: every frame
+        assert Prefetcher(IterableWrapper([]), meta).frames_to_fetch(part) == (0, ref.length)  # no reach known
+        path = ref.video(camera).path
+        fetched = []
+        for name, which in (("part", part), ("whole", ref)):  # each through a fresh cache: same index reads
+            p = Prefetcher(IterableWrapper([]), meta, cache_dir=tmp_path / name, reach=(2, 3))
+            before = server.bytes_of(path)
+            episode = p.wrap(EpisodeReader(meta).read(which))
+            resolve_video(episode.video_files[camera], timeout=60)
+            fetched.append(server.bytes_of(path) - before)
+            p.shutdown()
+    _assert_equal(local, remote)
+    print(f"episode {ref.episode_index} ({ref.length} frames), camera {camera}: frames 8..16 fetched {fetched[0]} bytes, "
+          f"the whole episode {fetched[1]}")
+    assert 0 < fetched[0] < fetched[1], fetched

@@ -22,7 +22,7 @@ from typing import Any
 
 from torchdata.nodes import BaseNode
 
-from streamnodes.format.metadata import DatasetMeta
+from streamnodes.format.metadata import DatasetMeta, EpisodeRef
 from streamnodes.nodes._state import require_keys, shutdown_source
 from streamnodes.types import Episode
 from streamnodes.video_cache import GiB, SpanCache, VideoCache
@@ -50,6 +50,10 @@ class Prefetcher(BaseNode[Episode]):
         chunk_bytes: bytes per read (one HTTP range request) of whole files; retries resume at the last chunk.
         byte_ranges: fetch episode spans (default); ``False``: whole files (the VideoCache).
         probe_bytes: first ranged read of each file's index (span mode).
+        reach: ``(before, after)``: how many frames before and after a frame its samples decode (the
+            video keys' window offsets). With it, an episode split between consumers (``ref.part``)
+            fetches only the span of its part's frames widened by the reach (span mode); ``None``:
+            always the whole episode.
 
     State: ``{"source": ...}``; nothing of its own (restored pools re-acquire through their reader,
     which applies :meth:`wrap`).
@@ -71,6 +75,7 @@ class Prefetcher(BaseNode[Episode]):
         chunk_bytes: int = 8 * 1024**2,
         byte_ranges: bool = True,
         probe_bytes: int = DEFAULT_PROBE_BYTES,
+        reach: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.source = source
@@ -85,6 +90,7 @@ class Prefetcher(BaseNode[Episode]):
         self.chunk_bytes = int(chunk_bytes)
         self.byte_ranges = bool(byte_ranges)
         self.probe_bytes = int(probe_bytes)
+        self.reach = (int(reach[0]), int(reach[1])) if reach is not None else None
         self._cache: SpanCache | VideoCache | None = None
         self.episodes_wrapped = 0
 
@@ -134,8 +140,9 @@ class Prefetcher(BaseNode[Episode]):
             return episode
         cache = self._get_cache()
         if isinstance(cache, SpanCache):
+            first, count = self.frames_to_fetch(episode.ref)
             remote = [
-                (camera, location, episode.ref.video(camera).from_timestamp, episode.length)
+                (camera, location, episode.ref.video(camera).from_timestamp + first / self.meta.fps, count)
                 for camera, location in episode.video_files.items()
                 if isinstance(location, str)
             ]
@@ -148,6 +155,16 @@ class Prefetcher(BaseNode[Episode]):
         self.episodes_wrapped += 1
         # A new Episode: the source's object (which it may keep) never holds references into the cache.
         return Episode(ref=episode.ref, columns=episode.columns, video_files=files)
+
+    def frames_to_fetch(self, ref: EpisodeRef) -> tuple[int, int]:
+        """``(first frame, frame count)`` of the episode whose video spans are fetched: the part's frames
+        widened by ``reach`` (clamped to the episode) when the episode is split and a reach is known,
+        else the whole episode."""
+        if ref.part is None or self.reach is None:
+            return 0, ref.length
+        _episode, start, stop, _lo, _hi = ref.part
+        first, end = max(0, start - self.reach[0]), min(ref.length, stop + self.reach[1])
+        return first, end - first
 
     def get_state(self) -> dict[str, Any]:
         return {self.SOURCE_KEY: self.source.state_dict()}

@@ -24,6 +24,7 @@ from streamnodes.nodes import (
 )
 from streamnodes.recipes.config import StreamConfig
 from streamnodes.rng import derive_seed
+from streamnodes.windows import delta_indices
 from streamnodes.sharding import EpochPlan, Piece, equal_rank_quota, plan_epoch, split_pieces
 
 GraphConfig = StreamConfig  # the name of the first releases
@@ -81,6 +82,14 @@ class LeRobotGraph:
             self.lengths(), seed=self.config.seed, epoch=epoch, shuffle=self.config.shuffle, num_consumers=num_consumers
         )
 
+    def video_reach(self) -> tuple[int, int]:
+        """Frames before and after a sample's frame that its cameras decode (the video keys' window offsets):
+        what an episode split between consumers fetches beyond its own frames."""
+        offsets = delta_indices(self.config.delta_timestamps, self.meta.fps, tolerance_s=self.config.tolerance_s,
+                                features=self.meta.features)
+        video = [int(o) for key in self.meta.video_keys if key in offsets for o in offsets[key]]
+        return (max(0, -min(video)), max(0, max(video))) if video else (0, 0)
+
     def quotas(self, epoch: int, world_size: int, num_workers: int) -> tuple[list[int], int]:
         """Per-worker sample quotas every rank keeps in ``epoch``, and the frames trimmed overall."""
         return equal_rank_quota(self.plan(epoch, world_size * num_workers), world_size, num_workers)
@@ -96,7 +105,9 @@ class LeRobotGraph:
         node = EpisodeBatcher(node, reader)
         if self.meta.is_remote:
             cache_dir = os.path.join(c.cache_dir, f"consumer-{consumer.id}") if c.cache_dir else None
-            node = prefetcher = Prefetcher(node, self.meta, cache_dir=cache_dir, max_bytes=c.prefetch_max_bytes)
+            node = prefetcher = Prefetcher(
+                node, self.meta, cache_dir=cache_dir, max_bytes=c.prefetch_max_bytes, reach=self.video_reach(),
+            )
             reader = reader.with_videos(prefetcher.wrap)  # restored episodes fetch their videos again
         guard = None
         if c.on_error == "skip":
