@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from torch.utils.data import default_collate
@@ -17,6 +17,7 @@ from streamnodes.format.open import open_dataset
 from streamnodes.recipes.bridge import NodeIterableDataset, WorkerError
 from streamnodes.recipes.config import StreamConfig
 from streamnodes.recipes.graph import LeRobotGraph
+from streamnodes.recipes.mixture import MixtureGraph, Source, build_mixture_graph
 from streamnodes.recipes.state import STATE_VERSION, check_header, dataset_states, write_header
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class StreamLoader(StatefulDataLoader):
     def _is_accelerate_prepared(self, value: bool) -> None:  # accelerate marks what it returned
         pass
 
-    def __init__(self, dataset: NodeIterableDataset, *, graph: LeRobotGraph | None = None, **kwargs: Any) -> None:
+    def __init__(self, dataset: NodeIterableDataset, *, graph: LeRobotGraph | MixtureGraph | None = None, **kwargs: Any) -> None:
         with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, which torch 2.13 deprecates
             warnings.filterwarnings("ignore", message=r"'set_vital' is deprecated", category=UserWarning)
             super().__init__(dataset, **kwargs)
@@ -84,10 +85,22 @@ class StreamLoader(StatefulDataLoader):
         return {STATE_KEY: {**header, "epoch_finished": finished, DATASET_KEY: self._dataset_identity()}, LOADER_KEY: inner}
 
     def _dataset_identity(self) -> dict[str, Any] | None:
-        if self.graph is None:
-            return None
-        meta = self.graph.meta
-        return {"fingerprint": meta.fingerprint, "root": str(meta.root), "episodes": meta.total_episodes}
+        return None if self.graph is None else self.graph.identity()
+
+    @property
+    def dataset_stats(self) -> dict[str, Any] | None:
+        """Normalisation statistics of what this loader reads: the dataset's ``meta/stats.json``, or for a
+        mixture the sources' merged by count (:func:`streamnodes.mixing.merge_stats`, docs/mixtures.md)."""
+        if isinstance(self.graph, MixtureGraph):
+            return self.graph.stats
+        return None if self.graph is None else self.graph.meta.stats
+
+    @property
+    def source_stats(self) -> list[dict[str, Any] | None]:
+        """Each source's ``meta/stats.json`` (a mixture's under its output key names); one entry for one dataset."""
+        if isinstance(self.graph, MixtureGraph):
+            return self.graph.source_stats
+        return [] if self.graph is None else [self.graph.meta.stats]
 
     def _check_dataset(self, saved: Any) -> None:
         now = self._dataset_identity()
@@ -169,12 +182,7 @@ class StreamLoader(StatefulDataLoader):
         if self.graph is None:
             raise ConfigError("samples_per_epoch needs the loader's LeRobotGraph (build it with build_loader).")
         epoch = self.epoch if epoch is None else epoch
-        workers = max(1, self.num_workers)
-        world = self.dataset.world_size
-        if world == 1:
-            return list(self.graph.plan(epoch, workers).frames)
-        quotas, _ = self.graph.quotas(epoch, world, workers)
-        return quotas
+        return self.graph.worker_samples(epoch, self.dataset.world_size, max(1, self.num_workers))
 
     def __repr__(self) -> str:
         return (
@@ -218,9 +226,11 @@ def _error_aware(collate: Callable[[list[Any]], Any]) -> Callable[[list[Any]], A
 
 
 def build_loader(
-    source: str | DatasetMeta | Any,
+    source: str | DatasetMeta | Any | Sequence[str | DatasetMeta | Source | Any],
     config: StreamConfig | None = None,
     *,
+    weights: Sequence[float] | None = None,
+    stop: str | None = None,
     num_workers: int = 0,
     rank: int | None = None,
     world_size: int | None = None,
@@ -258,17 +268,32 @@ def build_loader(
 
     ``source`` may be a Hugging Face Hub dataset id (``"lerobot/pusht"``, read from
     ``hf://datasets/lerobot/pusht``; ``revision`` picks a branch, tag or commit), see ``open_dataset``.
+
+    A list of sources (paths, URLs, metadata or :class:`~streamnodes.recipes.mixture.Source` with
+    per-source windows, renames and episodes) is a weighted mixture: ``weights`` are each source's
+    share of the samples (default: proportional to its frames), ``stop`` ends the epoch when the first
+    source runs out (``"first_exhausted"``, default) or after every frame (``"all_exhausted"``), and each
+    sample carries ``dataset_index``. See docs/mixtures.md.
     """
     config = StreamConfig.from_settings(config, **settings)
     if num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0, got {num_workers}.")
-    meta = source if isinstance(source, DatasetMeta) else open_dataset(source, check_files=config.on_error == "raise", revision=revision)
-    config.check(meta)  # fail here, not in a worker
     # Batches are collated inside the graph (BatchDecode: frames decoded on threads straight into the batch
     # tensors) unless the caller brings a collate_fn; then samples go to the DataLoader's batching.
     batch_in_graph = config.batch_size is not None and collate_fn is None
-    graph = LeRobotGraph(meta, config, batch_in_graph=batch_in_graph, pin_memory=pin_memory and num_workers == 0)
-    dataset = NodeIterableDataset(graph, rank=rank, world_size=world_size, epoch=epoch, config_fingerprint=config.fingerprint())
+    graph: LeRobotGraph | MixtureGraph
+    if isinstance(source, (list, tuple)):
+        graph = build_mixture_graph(
+            source, config, weights=weights, stop=stop, revision=revision, batch_in_graph=batch_in_graph,
+            pin_memory=pin_memory and num_workers == 0,
+        )
+    else:
+        if weights is not None or stop is not None:
+            raise ConfigError("weights= and stop= are for a mixture: pass a list of sources, build_loader([a, b], weights=[...]).")
+        meta = source if isinstance(source, DatasetMeta) else open_dataset(source, check_files=config.on_error == "raise", revision=revision)
+        config.check(meta)  # fail here, not in a worker
+        graph = LeRobotGraph(meta, config, batch_in_graph=batch_in_graph, pin_memory=pin_memory and num_workers == 0)
+    dataset = NodeIterableDataset(graph, rank=rank, world_size=world_size, epoch=epoch, config_fingerprint=graph.fingerprint())
     if dataset.world_size > 1:
         quotas, trimmed = graph.quotas(epoch, dataset.world_size, max(1, num_workers))
         if trimmed:
