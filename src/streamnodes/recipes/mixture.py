@@ -260,12 +260,14 @@ def _check_rename(meta: DatasetMeta, rename: Mapping[str, str | None]) -> dict[s
         raise ConfigError(f"rename has keys {unknown} that are not features of the dataset (features: {sorted(meta.features)}).")
     out = {str(k): (None if v is None else str(v)) for k, v in rename.items()}
     names = [out.get(k, k) for k in meta.features if out.get(k, k) is not None]
-    reserved = {DATASET_INDEX_KEY, TASK_KEY}
-    clashes = sorted({n for n in names if names.count(n) > 1} | (set(names) & reserved) | {n for n in names if n.endswith(PAD_SUFFIX)})
-    if clashes:
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"rename {out} gives names {twice} to more than one feature. Give every kept feature its own name.")
+    reserved = sorted({n for n in names if n in (DATASET_INDEX_KEY, TASK_KEY) or n.endswith(PAD_SUFFIX)})
+    if reserved:
         raise ConfigError(
-            f"rename {out} gives names {clashes} to more than one feature, or names reserved for the loader "
-            f"({sorted(reserved)}, '*{PAD_SUFFIX}'). Give every kept feature its own name."
+            f"rename {out} uses names {reserved} reserved for the loader ('{DATASET_INDEX_KEY}', '{TASK_KEY}', "
+            f"'*{PAD_SUFFIX}'). Pick other names."
         )
     return out
 
@@ -301,11 +303,10 @@ def sample_schema(meta: DatasetMeta, config: StreamConfig, rename: Mapping[str, 
             shape, dtype = _camera_shape(feature.shape, feature.names), image_dtype
         else:
             shape, dtype = (() if tuple(feature.shape) == (1,) else tuple(feature.shape)), feature.dtype
-        if key in offsets:
-            window = len(offsets[key])
+        window = len(offsets[key]) if key in offsets else None
+        schema[name] = (shape, dtype) if window is None else ((window, *shape), dtype)
+        if window is not None:
             schema[name + PAD_SUFFIX] = ((window,), "bool")
-            shape = (window, *shape)
-        schema[name] = (shape, dtype)
     if "task_index" in meta.features and rename.get("task_index", "task_index") is not None:
         schema[TASK_KEY] = ((), "str")
     schema[DATASET_INDEX_KEY] = ((), "int64")
