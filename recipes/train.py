@@ -6,6 +6,7 @@ Runs under plain ``python`` (one process) or ``accelerate launch`` / ``torchrun`
     accelerate launch --num_processes 2 --cpu recipes/train.py --dataset ... --output_dir runs/b
     python recipes/train.py --dataset ... --output_dir runs/a --steps 400 --resume_from auto
     python recipes/train.py --dataset ... --dummy            # data loading only: no model
+    python recipes/train.py --dataset a --dataset b --weights 0.7 0.3 --output_dir runs/mix   # a weighted mixture
 
 The data loader is ``streamnodes.build_loader``. It finds this process's rank itself and reads only
 this rank's part of every epoch, so it is built *after* the ``Accelerator`` and is **never** passed to
@@ -62,7 +63,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument("--dataset", required=True, help="LeRobot v3 dataset: a local root or an fsspec URL")
+    p.add_argument("--dataset", required=True, action="append",
+                   help="LeRobot v3 dataset: a local root or an fsspec URL; repeat it for a weighted mixture "
+                        "(the datasets must share feature names and sizes; docs/mixtures.md)")
+    p.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="with several --dataset: each one's share of the samples (default: proportional to frames)")
     p.add_argument("--output_dir", default="runs/train", help="checkpoints and summary.json go here")
     p.add_argument("--steps", type=int, default=1000, help="total optimizer steps (counting resumed ones)")
     p.add_argument("--batch_size", type=int, default=32, help="samples per batch and rank")
@@ -117,6 +122,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("num_workers", "save_every", "keep_last", "log_every", "frame_shuffle_size", "threads", "decode_threads"):
         if (getattr(args, name) or 0) < 0:
             p.error(f"--{name} must be >= 0")
+    if args.weights is not None and len(args.weights) != len(args.dataset):
+        p.error(f"--weights has {len(args.weights)} values for {len(args.dataset)} --dataset; give one per dataset")
+    if len(args.dataset) == 1:
+        args.dataset = args.dataset[0]  # one dataset: a plain root, as checkpoints of single-dataset runs record it
     return args
 
 
@@ -283,7 +292,11 @@ def training_threads(num_workers: int) -> int:
 
 
 def json_safe_args(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in vars(args).items() if isinstance(v, str | int | float | bool | type(None))}
+    scalar = str | int | float | bool | type(None)
+    return {
+        k: v for k, v in vars(args).items()
+        if isinstance(v, scalar) or (isinstance(v, list) and all(isinstance(x, scalar) for x in v))
+    }
 
 
 def batch_size_of(batch: Mapping[str, Any]) -> int:
@@ -333,19 +346,30 @@ def start_session(args: argparse.Namespace) -> Session:
 
 
 def open_stream(args: argparse.Namespace, session: Session) -> tuple[Any, Any]:
-    """The dataset's metadata and this rank's loader (NOT passed to accelerator.prepare: see module doc)."""
+    """The (first) dataset's metadata and this rank's loader (NOT passed to accelerator.prepare: see module doc).
+
+    Several ``--dataset`` make a weighted mixture: each source gets the action chunk at its own fps.
+    """
     import streamnodes
 
-    meta = streamnodes.open_dataset(args.dataset)
-    if ACTION_KEY not in meta.features:
-        raise SystemExit(f"{args.dataset} has no {ACTION_KEY!r} feature: nothing to train on")
-    log.info("dataset %r", meta)
-    optional = {} if args.decode_threads is None else {"decode_threads": args.decode_threads}
+    roots = args.dataset if isinstance(args.dataset, list) else [args.dataset]
+    metas = [streamnodes.open_dataset(root) for root in roots]
+    for root, meta in zip(roots, metas, strict=True):
+        if ACTION_KEY not in meta.features:
+            raise SystemExit(f"{root} has no {ACTION_KEY!r} feature: nothing to train on")
+        log.info("dataset %r", meta)
+    meta = metas[0]
+    optional: dict[str, Any] = {} if args.decode_threads is None else {"decode_threads": args.decode_threads}
+    if len(metas) == 1:
+        source: Any = meta
+        optional["delta_timestamps"] = {ACTION_KEY: [k / meta.fps for k in range(args.chunk)]}
+    else:
+        source = [streamnodes.Source(m, delta_timestamps={ACTION_KEY: [k / m.fps for k in range(args.chunk)]}) for m in metas]
+        optional["weights"] = args.weights
     loader = streamnodes.build_loader(
-        meta,
+        source,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-        delta_timestamps={ACTION_KEY: [k / meta.fps for k in range(args.chunk)]},
         episode_pool_size=args.episode_pool_size,
         frame_shuffle_size=args.frame_shuffle_size,
         shuffle=True,
@@ -362,15 +386,20 @@ def open_stream(args: argparse.Namespace, session: Session) -> tuple[Any, Any]:
     return meta, loader
 
 
-def build_policy(args: argparse.Namespace, meta: Any) -> tuple[Policy | None, torch.optim.Optimizer | None]:
-    """The policy and its optimizer, the same initial weights on every rank; ``(None, None)`` for --dummy."""
+def build_policy(
+    args: argparse.Namespace, meta: Any, stats: Mapping[str, Any] | None = None
+) -> tuple[Policy | None, torch.optim.Optimizer | None]:
+    """The policy and its optimizer, the same initial weights on every rank; ``(None, None)`` for --dummy.
+
+    ``stats`` normalise state and action (the loader's ``dataset_stats``: a mixture's merged statistics);
+    default: ``meta.stats``."""
     if args.dummy:
         return None, None
     features = meta.features
     action_dim = int(math.prod(features[ACTION_KEY].shape))
     state_dim = int(math.prod(features[STATE_KEY].shape)) if STATE_KEY in features else 0
     torch.manual_seed(args.seed)
-    model = Policy(list(meta.video_keys), state_dim, action_dim, args.chunk, stats=meta.stats)
+    model = Policy(list(meta.video_keys), state_dim, action_dim, args.chunk, stats=meta.stats if stats is None else stats)
     return model, torch.optim.AdamW(model.parameters(), lr=args.lr)
 
 
@@ -390,7 +419,7 @@ class Resumed:
 
 # Flags that decide which sample comes when (with the world size): a checkpoint's loader state only fits
 # them unchanged (the loader refuses it otherwise). --chunk sets the action window (delta_timestamps).
-ORDER_FLAGS = ("dataset", "seed", "episode_pool_size", "frame_shuffle_size", "chunk", "num_workers")
+ORDER_FLAGS = ("dataset", "weights", "seed", "episode_pool_size", "frame_shuffle_size", "chunk", "num_workers")
 # Flags that may differ between a run and its resume without saying so: where things go, how long, how loud.
 BOOKKEEPING_FLAGS = ("output_dir", "resume_from", "steps", "save_every", "keep_last", "log_indices", "log_every",
                      "debug", "threads", "cpu")  # fmt: skip
@@ -757,7 +786,7 @@ def run(args: argparse.Namespace, live: Live) -> dict[str, Any]:
     session = live.session = start_session(args)
     meta, loader = open_stream(args, session)
     live.loader = loader
-    policy, optimizer = build_policy(args, meta)
+    policy, optimizer = build_policy(args, meta, loader.dataset_stats)
 
     checkpointer = Checkpointer(args, session)
     resumed = live.resumed = checkpointer.restore(loader, policy)  # the loader's checks first

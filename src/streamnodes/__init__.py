@@ -24,6 +24,7 @@ from streamnodes.nodes import (
 )
 from streamnodes.recipes.config import StreamConfig
 from streamnodes.recipes.loader import StreamLoader, build_loader
+from streamnodes.recipes.mixture import Source
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,7 @@ __all__ = [
     "FrameShuffle",
     "Prefetcher",
     "ShardSource",
+    "Source",
     "Take",
     "VideoDecode",
     "ConfigError",

@@ -94,7 +94,25 @@ class LeRobotGraph:
         """Per-worker sample quotas every rank keeps in ``epoch``, and the frames trimmed overall."""
         return equal_rank_quota(self.plan(epoch, world_size * num_workers), world_size, num_workers)
 
-    def __call__(self, consumer: Consumer, epoch: int) -> BuiltGraph:
+    def worker_samples(self, epoch: int, world_size: int, num_workers: int) -> list[int]:
+        """Samples worker ``w`` of every rank yields in ``epoch`` (the whole consumer with one rank, the
+        equal-rank quota with several), from metadata alone."""
+        if world_size == 1:
+            return list(self.plan(epoch, num_workers).frames)
+        return self.quotas(epoch, world_size, num_workers)[0]
+
+    def identity(self) -> dict[str, object]:
+        """What a loader state records to refuse a state of another dataset (fingerprint, root, episodes)."""
+        return {"fingerprint": self.meta.fingerprint, "root": str(self.meta.root), "episodes": self.meta.total_episodes}
+
+    def fingerprint(self) -> str:
+        """The stream fingerprint a saved state is checked against (the config's order settings)."""
+        return self.config.fingerprint()
+
+    def samples(self, consumer: Consumer, epoch: int) -> BuiltGraph:
+        """The chain up to the decode node: ``ShardSource ... DeltaWindow [-> FrameShuffle]``, emitting
+        :class:`~streamnodes.types.Sample` (no Take: the caller bounds the count). The mixture recipe
+        builds one per source."""
         c = self.config
         reader = EpisodeReader(self.meta)
         node: BaseNode = ShardSource(
@@ -122,19 +140,29 @@ class LeRobotGraph:
                 node, rebuild=window.rebuilder(reader), buffer_size=c.frame_shuffle_size,
                 seed=derive_seed(c.seed, consumer.id, "shuffle"), epoch=epoch,
             )
+        return BuiltGraph(node, reader, guard)
+
+    def __call__(self, consumer: Consumer, epoch: int) -> BuiltGraph:
+        built = self.samples(consumer, epoch)
+        node = built.output
         if consumer.world_size > 1:
             quotas, _ = self.quotas(epoch, consumer.world_size, consumer.num_workers)
             node = Take(node, quotas[consumer.worker_id])
-        if self.batch_in_graph:
-            assert c.batch_size is not None
-            node = BatchDecode(
-                node, batch_size=c.batch_size, drop_last=c.drop_last, decode_threads=c.decode_threads,
-                image_dtype=c.image_dtype, layout=c.layout, tolerance_s=c.tolerance_s, max_decoders=c.max_decoders,
-                decode_ahead=c.decode_ahead, pin_memory=self.pin_memory,
-            )
-        else:
-            node = VideoDecode(node, image_dtype=c.image_dtype, tolerance_s=c.tolerance_s, max_decoders=c.max_decoders)
-        return BuiltGraph(node, reader, guard)
+        built.output = decode_node(node, self.config, batch_in_graph=self.batch_in_graph, pin_memory=self.pin_memory)
+        return built
 
     def __repr__(self) -> str:
         return f"LeRobotGraph({self.meta!r}, {self.config.describe()})"
+
+
+def decode_node(node: BaseNode, config: StreamConfig, *, batch_in_graph: bool, pin_memory: bool) -> BaseNode:
+    """The last node: ``BatchDecode`` (collated batches) when the graph batches, else ``VideoDecode``."""
+    c = config
+    if batch_in_graph:
+        assert c.batch_size is not None
+        return BatchDecode(
+            node, batch_size=c.batch_size, drop_last=c.drop_last, decode_threads=c.decode_threads,
+            image_dtype=c.image_dtype, layout=c.layout, tolerance_s=c.tolerance_s, max_decoders=c.max_decoders,
+            decode_ahead=c.decode_ahead, pin_memory=pin_memory,
+        )
+    return VideoDecode(node, image_dtype=c.image_dtype, tolerance_s=c.tolerance_s, max_decoders=c.max_decoders)

@@ -18,6 +18,7 @@ from streamnodes.recipes.bridge import NodeIterableDataset, WorkerError
 from streamnodes.recipes.config import StreamConfig
 from streamnodes.recipes.elastic import SavedRank, epoch_remainder
 from streamnodes.recipes.graph import LeRobotGraph
+from streamnodes.recipes.mixture import MixtureGraph, Source, build_mixture_graph
 from streamnodes.recipes.state import EPOCH_KEY as EPOCH_KEY_
 from streamnodes.recipes.state import STATE_VERSION, check_header, dataset_states, write_header
 from streamnodes.sharding import Piece
@@ -64,7 +65,7 @@ class StreamLoader(StatefulDataLoader):
     def _is_accelerate_prepared(self, value: bool) -> None:  # accelerate marks what it returned
         pass
 
-    def __init__(self, dataset: NodeIterableDataset, *, graph: LeRobotGraph | None = None, **kwargs: Any) -> None:
+    def __init__(self, dataset: NodeIterableDataset, *, graph: LeRobotGraph | MixtureGraph | None = None, **kwargs: Any) -> None:
         with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, which torch 2.13 deprecates
             warnings.filterwarnings("ignore", message=r"'set_vital' is deprecated", category=UserWarning)
             super().__init__(dataset, **kwargs)
@@ -87,7 +88,7 @@ class StreamLoader(StatefulDataLoader):
         inner = super().state_dict()
         finished = bool(self._iterator is not None and getattr(self._iterator, "_finished", False))
         header = write_header(self.epoch, TOPOLOGY_KEY, self._topology(), self.dataset.config_fingerprint)
-        remainder = self.graph.remainder if self.graph is not None else None
+        remainder = getattr(self.graph, "remainder", None)
         saved_remainder = [remainder[0], [list(p) for p in remainder[1]]] if remainder and remainder[0] == self.epoch else None
         return {
             STATE_KEY: {
@@ -97,10 +98,22 @@ class StreamLoader(StatefulDataLoader):
         }
 
     def _dataset_identity(self) -> dict[str, Any] | None:
-        if self.graph is None:
-            return None
-        meta = self.graph.meta
-        return {"fingerprint": meta.fingerprint, "root": str(meta.root), "episodes": meta.total_episodes}
+        return None if self.graph is None else self.graph.identity()
+
+    @property
+    def dataset_stats(self) -> dict[str, Any] | None:
+        """Normalisation statistics of what this loader reads: the dataset's ``meta/stats.json``, or for a
+        mixture the sources' merged by count (:func:`streamnodes.mixing.merge_stats`, docs/mixtures.md)."""
+        if isinstance(self.graph, MixtureGraph):
+            return self.graph.stats
+        return None if self.graph is None else self.graph.meta.stats
+
+    @property
+    def source_stats(self) -> list[dict[str, Any] | None]:
+        """Each source's ``meta/stats.json`` (a mixture's under its output key names); one entry for one dataset."""
+        if isinstance(self.graph, MixtureGraph):
+            return self.graph.source_stats
+        return [] if self.graph is None else [self.graph.meta.stats]
 
     def _check_dataset(self, saved: Any) -> None:
         now = self._dataset_identity()
@@ -162,7 +175,7 @@ class StreamLoader(StatefulDataLoader):
             names=("rank", "world_size", "num_workers"),
             remedy="Each rank restores its own state file, with the world size and num_workers it was saved with.",
         )
-        if self.graph is not None:
+        if isinstance(self.graph, LeRobotGraph):
             saved = meta.get(REMAINDER_KEY)
             self.graph.remainder = (int(saved[0]), tuple(Piece(*p) for p in saved[1])) if saved else None
         self._resume_epoch = int(meta["epoch"]) + (1 if meta.get("epoch_finished") else 0)
@@ -171,8 +184,12 @@ class StreamLoader(StatefulDataLoader):
 
     def _load_elastic(self, states: Sequence[Mapping[str, Any]]) -> None:
         """Re-deal the undelivered rest of the saved epoch over this loader's topology (docs/checkpointing.md)."""
-        if self.graph is None:
-            raise StateError("elastic resume needs the loader's LeRobotGraph (build the loader with build_loader).")
+        if not isinstance(self.graph, LeRobotGraph):
+            raise StateError(
+                "elastic resume (a state of another world size or num_workers) works for single-dataset loaders; a "
+                "mixture's state restores only with the world size and num_workers it was saved with. Resume with "
+                "the saved topology."
+            )
         headers = [s[STATE_KEY] for s in states]
         for h in headers:  # version and stream configuration, whatever the topology
             check_header(h, TOPOLOGY_KEY, h.get(TOPOLOGY_KEY, []), self.dataset.config_fingerprint, names=(), remedy="")
@@ -268,12 +285,7 @@ class StreamLoader(StatefulDataLoader):
         if self.graph is None:
             raise ConfigError("samples_per_epoch needs the loader's LeRobotGraph (build it with build_loader).")
         epoch = self.epoch if epoch is None else epoch
-        workers = max(1, self.num_workers)
-        world = self.dataset.world_size
-        if world == 1:
-            return list(self.graph.plan(epoch, workers).frames)
-        quotas, _ = self.graph.quotas(epoch, world, workers)
-        return quotas
+        return self.graph.worker_samples(epoch, self.dataset.world_size, max(1, self.num_workers))
 
     def __repr__(self) -> str:
         return (
@@ -327,9 +339,11 @@ def _error_aware(collate: Callable[[list[Any]], Any]) -> Callable[[list[Any]], A
 
 
 def build_loader(
-    source: str | DatasetMeta | Any,
+    source: str | DatasetMeta | Any | Sequence[str | DatasetMeta | Source | Any],
     config: StreamConfig | None = None,
     *,
+    weights: Sequence[float] | None = None,
+    stop: str | None = None,
     num_workers: int = 0,
     rank: int | None = None,
     world_size: int | None = None,
@@ -367,17 +381,32 @@ def build_loader(
 
     ``source`` may be a Hugging Face Hub dataset id (``"lerobot/pusht"``, read from
     ``hf://datasets/lerobot/pusht``; ``revision`` picks a branch, tag or commit), see ``open_dataset``.
+
+    A list of sources (paths, URLs, metadata or :class:`~streamnodes.recipes.mixture.Source` with
+    per-source windows, renames and episodes) is a weighted mixture: ``weights`` are each source's
+    share of the samples (default: proportional to its frames), ``stop`` ends the epoch when the first
+    source runs out (``"first_exhausted"``, default) or after every frame (``"all_exhausted"``), and each
+    sample carries ``dataset_index``. See docs/mixtures.md.
     """
     config = StreamConfig.from_settings(config, **settings)
     if num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0, got {num_workers}.")
-    meta = source if isinstance(source, DatasetMeta) else open_dataset(source, check_files=config.on_error == "raise", revision=revision)
-    config.check(meta)  # fail here, not in a worker
     # Batches are collated inside the graph (BatchDecode: frames decoded on threads straight into the batch
     # tensors) unless the caller brings a collate_fn; then samples go to the DataLoader's batching.
     batch_in_graph = config.batch_size is not None and collate_fn is None
-    graph = LeRobotGraph(meta, config, batch_in_graph=batch_in_graph, pin_memory=pin_memory and num_workers == 0)
-    dataset = NodeIterableDataset(graph, rank=rank, world_size=world_size, epoch=epoch, config_fingerprint=config.fingerprint())
+    graph: LeRobotGraph | MixtureGraph
+    if isinstance(source, (list, tuple)):
+        graph = build_mixture_graph(
+            source, config, weights=weights, stop=stop, revision=revision, batch_in_graph=batch_in_graph,
+            pin_memory=pin_memory and num_workers == 0,
+        )
+    else:
+        if weights is not None or stop is not None:
+            raise ConfigError("weights= and stop= are for a mixture: pass a list of sources, build_loader([a, b], weights=[...]).")
+        meta = source if isinstance(source, DatasetMeta) else open_dataset(source, check_files=config.on_error == "raise", revision=revision)
+        config.check(meta)  # fail here, not in a worker
+        graph = LeRobotGraph(meta, config, batch_in_graph=batch_in_graph, pin_memory=pin_memory and num_workers == 0)
+    dataset = NodeIterableDataset(graph, rank=rank, world_size=world_size, epoch=epoch, config_fingerprint=graph.fingerprint())
     if dataset.world_size > 1:
         quotas, trimmed = graph.quotas(epoch, dataset.world_size, max(1, num_workers))
         if trimmed:

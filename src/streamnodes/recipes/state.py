@@ -59,8 +59,8 @@ def check_header(
     if saved.get(CONFIG_KEY) != fingerprint:
         raise StateError(
             "the loader state was saved with another stream configuration (seed, episode_pool_size, "
-            "frame_shuffle_size, delta_timestamps, shuffle, tolerance_s, on_error or episode subset differ). Build "
-            "the loader with the saved settings to resume."
+            "frame_shuffle_size, delta_timestamps, shuffle, tolerance_s, on_error or episode subset differ; in a "
+            "mixture also weights, stop or a source's settings). Build the loader with the saved settings to resume."
         )
 
 
