@@ -498,11 +498,12 @@ class Checkpointer:
                     f"{self.remedy(saved_args)}"
                 ) from None
         changed = changed_flags(saved_args, self.args, [k for k in saved_args if k not in BOOKKEEPING_FLAGS])
-        if changed:  # the order-shaping ones cannot be among them: the loader refused those above
+        if changed:  # the loader refused the order settings above; --num_workers and the world size re-deal
             log.warning(
                 "resuming with settings that differ from the checkpoint's run: %s. The sample stream continues "
-                "where it stopped (only %s and the world size shape its order).",
-                ", ".join(changed), ", ".join(f"--{k}" for k in ORDER_FLAGS),
+                "where it stopped (%s shape its order; another --num_workers or world size re-deals the rest of "
+                "the epoch over the new workers and ranks: nothing repeated, nothing lost).",
+                ", ".join(changed), ", ".join(f"--{k}" for k in ORDER_FLAGS if k != "num_workers"),
             )  # fmt: skip
         if "torch_rng" in extra:
             torch.set_rng_state(extra["torch_rng"])
