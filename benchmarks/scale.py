@@ -28,6 +28,7 @@ from pathlib import Path
 CACHE = Path(__file__).resolve().parent / ".cache"
 FRAMES = 10
 BATCH = 256
+TINY = 200  # episodes of the baseline dataset: 2,000 frames, batches for both of 2 workers
 
 log = logging.getLogger("benchmarks.scale")
 
@@ -68,8 +69,21 @@ def measure_open(root: str) -> dict:
     }
 
 
-def measure_loader(root: str, workers: int) -> dict:
+def _worker_processes(it, loader_pid: int) -> list:  # noqa: ANN001 - a DataLoader iterator
+    """The DataLoader worker processes of ``it`` (psutil), from the iterator's own list when it has one."""
     import psutil
+
+    workers = getattr(it, "_workers", None)
+    if workers:
+        return [psutil.Process(w.pid) for w in workers]
+    return psutil.Process(loader_pid).children(recursive=False)
+
+
+def measure_loader(root: str, workers: int) -> dict:
+    """Time to the first batch; then, once every worker has returned a batch (the DataLoader takes them
+    in turn), each worker's RSS and USS (memory only that process holds, not the pages it shares with
+    the main process it was forked from)."""
+    import os
 
     from streamnodes import build_loader
 
@@ -78,9 +92,12 @@ def measure_loader(root: str, workers: int) -> dict:
     it = iter(loader)
     next(it)
     first = time.perf_counter() - start
-    children = psutil.Process().children(recursive=True)
+    for _ in range(workers - 1):  # batch k comes from worker k
+        next(it)
+    procs = _worker_processes(it, os.getpid())
     out = {"workers": workers, "first_batch_s": round(first, 3), "main_rss_mb": round(_rss_mb(), 1),
-           "worker_rss_mb": [round(_rss_mb(c), 1) for c in children]}
+           "worker_rss_mb": [round(_rss_mb(p), 1) for p in procs],
+           "worker_uss_mb": [round(p.memory_full_info().uss / 2**20, 1) for p in procs]}
     del it, loader
     return out
 
@@ -138,13 +155,13 @@ def main() -> None:
         print(json.dumps(out))
         return
     logging.basicConfig(level=logging.WARNING)
-    tiny = dataset(20, 2)
+    tiny = dataset(TINY, 2)
     roots = {f"{args.episodes}x{FRAMES}, {mb} MB files": dataset(args.episodes, mb) for mb in (2, 20)}
     if args.write_only:
         return
-    print(f"tiny (20 episodes): open {_child('open', str(tiny))}")
+    print(f"tiny ({TINY} episodes): open {_child('open', str(tiny))}")
     for workers in (0, 2):
-        print(f"tiny (20 episodes): loader {_child('loader', str(tiny), str(workers))}")
+        print(f"tiny ({TINY} episodes): loader {_child('loader', str(tiny), str(workers))}")
     for name, root in roots.items():
         print(f"{name}: open {_child('open', str(root))}", flush=True)
         for workers in (0, 2):
