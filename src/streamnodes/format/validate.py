@@ -7,6 +7,7 @@ groups; :func:`rewrite_row_groups` restores the layout.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import posixpath
@@ -178,13 +179,38 @@ def check_data_files(meta: DatasetMeta, *, max_threads: int = 8) -> None:
     # Local files in 2 threads: pyarrow parses a footer without the GIL (most of the time at 100k episodes),
     # and a parsed footer of 10k row groups takes ~70 MB while it is checked, so not 8 at once.
     threads = max(1, min(max_threads if meta.is_remote else 2, len(jobs)))
-    if threads == 1:
-        for job in jobs:
-            _check_file(meta, *job)
-        return
-    with ThreadPoolExecutor(threads) as pool:
-        for future in [pool.submit(_check_file, meta, *job) for job in jobs]:
-            future.result()
+    try:
+        if threads == 1:
+            for job in jobs:
+                _check_file(meta, *job)
+            return
+        with ThreadPoolExecutor(threads) as pool:
+            for future in [pool.submit(_check_file, meta, *job) for job in jobs]:
+                future.result()
+    finally:
+        release_freed_memory()
+
+
+def release_freed_memory() -> None:
+    """Hand the heap memory freed by parsed footers back to the operating system (glibc only; else nothing).
+
+    A parsed footer is many small C++ allocations (~70 MB for 12,000 row groups); glibc keeps them
+    after they are freed, and DataLoader workers forked later inherit those pages, counted in each
+    worker's RSS. ``malloc_trim`` returns them (100,000 episodes in 9 files: +212 MB -> +58 MB after
+    ``open_dataset``) in a few milliseconds.
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: ctypes.CDLL | bool | None = None
 
 
 def rewrite_row_groups(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> int:
