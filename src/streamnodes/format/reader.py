@@ -264,6 +264,11 @@ class ParquetFileCache:
         self._largest_footer = 0
         self.footer_reads = 0  # footers parsed from their file (each file: once)
 
+    @property
+    def open_paths(self) -> tuple[str, ...]:
+        """The data files open now, least recently used first."""
+        return tuple(self._open)
+
     def parsed_bytes(self) -> int:
         """Estimated memory of the open files' parsed footers (:data:`PARSED_PER_FOOTER_BYTE` per byte)."""
         return sum(self._footer_sizes.get(path, 0) for path in self._open) * PARSED_PER_FOOTER_BYTE
