@@ -57,21 +57,44 @@ def footer_tail_size(file_size: int, largest_footer: int) -> int:
     return max(0, min(file_size, want))
 
 
-def read_footer(handle: RetryingRangeFile, largest_footer: int = 0) -> pq.FileMetaData:
-    """The parsed footer of the remote parquet file behind ``handle``, in one or two ranged reads.
+def footer_bytes(handle: RetryingRangeFile | io.IOBase, largest_footer: int = 0) -> bytes:
+    """The footer of the parquet file behind ``handle`` as it is stored (thrift bytes and trailer), in one
+    or two reads.
 
     The first read is the file's last :func:`footer_tail_size` bytes; if the trailer there says the
-    footer is longer, a second read fetches the missing bytes just before them. A damaged trailer is
-    left to pyarrow, whose error (``ArrowInvalid``/``OSError``) the caller words.
+    footer is longer, a second read fetches the missing bytes just before them; a longer read is cut to
+    the footer. A damaged trailer is left to pyarrow, whose error (``ArrowInvalid``/``OSError``) the
+    caller words. ``handle`` is a :class:`RetryingRangeFile` (remote: each read one ranged request) or a
+    seekable local file.
     """
-    size = handle.size
+    if isinstance(handle, RetryingRangeFile):
+        size, read_at = handle.size, handle.read_at
+    else:
+        size = handle.seek(0, io.SEEK_END)
+
+        def read_at(offset: int, n: int) -> bytes:
+            handle.seek(offset)
+            return handle.read(n)
+
     n = footer_tail_size(size, largest_footer)
-    tail = handle.read_at(size - n, n)
+    tail = read_at(size - n, n)
     if len(tail) >= TRAILER_BYTES and tail[-4:] == _MAGIC:
         need = int.from_bytes(tail[-8:-4], "little") + TRAILER_BYTES
         if len(tail) < need <= size:
-            tail = handle.read_at(size - need, need - len(tail)) + tail
-    return pq.read_metadata(pa.BufferReader(tail))
+            tail = read_at(size - need, need - len(tail)) + tail
+        elif need < len(tail):
+            tail = tail[-need:]
+    return tail
+
+
+def parse_footer(footer: bytes) -> pq.FileMetaData:
+    """A footer's bytes (:func:`footer_bytes`) parsed."""
+    return pq.read_metadata(pa.BufferReader(footer))
+
+
+def read_footer(handle: RetryingRangeFile, largest_footer: int = 0) -> pq.FileMetaData:
+    """The parsed footer of the parquet file behind ``handle`` (:func:`footer_bytes`)."""
+    return parse_footer(footer_bytes(handle, largest_footer))
 
 
 def row_group_span(metadata: pq.FileMetaData, row_group: int, columns: Sequence[str] | None = None) -> tuple[int, int]:
@@ -140,11 +163,19 @@ def _open_handle(meta: DatasetMeta, relative_path: str) -> RetryingRangeFile | i
 
 def _parse(
     meta: DatasetMeta, relative_path: str, handle, metadata: pq.FileMetaData | None, largest_footer: int  # noqa: ANN001
-) -> pq.ParquetFile:
+) -> tuple[pq.ParquetFile, bytes | None]:
+    """The open file, and its footer's bytes when they were read here (``metadata`` not given).
+
+    The footer is read by :func:`footer_bytes` (exactly its bytes; remote: not pyarrow's speculative
+    64 KiB read) and parsed from memory, so a caller can keep the bytes instead of serializing the
+    parsed footer again.
+    """
     try:
-        if metadata is None and isinstance(handle, RetryingRangeFile):
-            metadata = read_footer(handle, largest_footer)
-        return pq.ParquetFile(handle, metadata=metadata)
+        footer = None
+        if metadata is None:
+            footer = footer_bytes(handle, largest_footer)
+            metadata = parse_footer(footer)
+        return pq.ParquetFile(handle, metadata=metadata), footer
     except (pa.ArrowInvalid, OSError) as e:
         handle.close()
         path = meta.url(relative_path)
@@ -166,7 +197,7 @@ def open_parquet(meta: DatasetMeta, relative_path: str, metadata: pq.FileMetaDat
     retries run out. Their footer is fetched by :func:`read_footer` (exactly its bytes, in two
     requests), not by pyarrow's speculative 64 KiB read.
     """
-    return _parse(meta, relative_path, _open_handle(meta, relative_path), metadata, 0)
+    return _parse(meta, relative_path, _open_handle(meta, relative_path), metadata, 0)[0]
 
 
 @dataclass
@@ -175,55 +206,101 @@ class _OpenFile:
     handle: RetryingRangeFile | None  # remote files: row groups are read through it
 
 
-def pack_footer(metadata: pq.FileMetaData) -> bytes:
-    """A footer as compact bytes (its thrift serialization, zlib level 1: ~7x smaller than serialized and
-    ~60x smaller than parsed for LeRobot-sized files) for :func:`unpack_footer`."""
-    sink = pa.BufferOutputStream()
-    metadata.write_metadata_file(sink)
-    return zlib.compress(sink.getvalue().to_pybytes(), 1)
+_ZSTD = pa.Codec("zstd", compression_level=1) if pa.Codec.is_available("zstd") else None
+
+
+def pack_footer(footer: bytes | pq.FileMetaData) -> bytes:
+    """A footer (its bytes as stored, :func:`footer_bytes`, or parsed) as compact bytes for :func:`unpack_footer`.
+
+    zstd level 1 (zlib level 1 where pyarrow lacks zstd): a LeRobot-sized footer of 1,149 row groups is
+    817 KB of thrift, 84 KB packed, in ~0.7 ms (zlib: 115 KB in ~2.5 ms); parsed it holds ~7 MB.
+    """
+    if isinstance(footer, pq.FileMetaData):
+        sink = pa.BufferOutputStream()
+        footer.write_metadata_file(sink)
+        footer = sink.getvalue().to_pybytes()
+    if _ZSTD is None:
+        return b"z" + zlib.compress(footer, 1)
+    return b"Z" + len(footer).to_bytes(8, "little") + _ZSTD.compress(footer, asbytes=True)
 
 
 def unpack_footer(packed: bytes) -> pq.FileMetaData:
     """The footer :func:`pack_footer` packed, parsed again (no I/O)."""
-    return pq.read_metadata(pa.BufferReader(zlib.decompress(packed)))
+    if packed[:1] == b"z":
+        return parse_footer(zlib.decompress(packed[1:]))
+    size = int.from_bytes(packed[1:9], "little")
+    return parse_footer(_ZSTD.decompress(packed[9:], size, asbytes=True))
+
+
+#: Parsed footers (pyarrow's FileMetaData) take about this many bytes of memory per byte of footer: a footer
+#: of 1,149 row groups (817 KB) parses into ~7 MB, one of 11,508 row groups (8.2 MB) into ~70 MB.
+PARSED_PER_FOOTER_BYTE = 8
+#: Open files of one :class:`ParquetFileCache` keep at most this much parsed footer (estimated), and always
+#: one file: four files of ~1,000 row groups, one of ~12,000 (each DataLoader worker has its own cache).
+PARSED_FOOTERS_BUDGET = 32 * 2**20
 
 
 class ParquetFileCache:
     """Open parquet files (a small LRU) and every footer read so far, for one consumer.
 
     Footers are kept after their file leaves the LRU, so a file opened again fetches (remote) or reads
-    (local) no footer: each footer is read from its file once per cache. They are kept serialized and
-    zlib-compressed (:func:`pack_footer`): a parsed footer of 1,149 row groups holds ~7 MB in memory, its
-    compressed bytes 113 KB (parsing them again costs ~6.5 ms), so a worker of a 100k-episode dataset
-    keeps ~10 MB of footers instead of hundreds. Only the open files' footers are parsed.
+    (local) no footer: each footer is read from its file once per cache. They are kept as read from the
+    file, compressed (:func:`pack_footer`): a parsed footer of 1,149 row groups holds ~7 MB in memory, its
+    packed bytes 84 KB (parsing them again costs ~6 ms), so a worker of a 100k-episode dataset keeps
+    ~7 MB of footers instead of hundreds. Only the open files' footers are parsed, and they are bounded
+    twice: at most ``max_open`` files, and at most ``max_parsed_bytes`` of parsed footers (estimated,
+    :data:`PARSED_PER_FOOTER_BYTE`), keeping at least one file open: a data file of ~12,000 row groups
+    parses into ~70 MB, so four of them open would cost a worker ~300 MB.
     Remote row groups are read with one ranged request each (:meth:`read_row_group`).
     """
 
-    def __init__(self, meta: DatasetMeta, max_open: int = 4) -> None:
+    def __init__(self, meta: DatasetMeta, max_open: int = 4, max_parsed_bytes: int = PARSED_FOOTERS_BUDGET) -> None:
         self.meta = meta
         self.max_open = max_open
+        self.max_parsed_bytes = max_parsed_bytes
         self._open: OrderedDict[str, _OpenFile] = OrderedDict()
         self._footers: dict[str, bytes] = {}  # packed (pack_footer) per data file
+        self._footer_sizes: dict[str, int] = {}  # serialized size of each kept footer
         self._largest_footer = 0
         self.footer_reads = 0  # footers parsed from their file (each file: once)
+
+    @property
+    def open_paths(self) -> tuple[str, ...]:
+        """The data files open now, least recently used first."""
+        return tuple(self._open)
+
+    def parsed_bytes(self) -> int:
+        """Estimated memory of the open files' parsed footers (:data:`PARSED_PER_FOOTER_BYTE` per byte)."""
+        return sum(self._footer_sizes.get(path, 0) for path in self._open) * PARSED_PER_FOOTER_BYTE
+
+    def _evict(self, incoming: int) -> None:
+        """Close least recently used files until one more (of ``incoming`` footer bytes) fits both limits."""
+        while self._open and (
+            len(self._open) + 1 > self.max_open
+            or self.parsed_bytes() + incoming * PARSED_PER_FOOTER_BYTE > self.max_parsed_bytes
+        ):
+            _, old = self._open.popitem(last=False)
+            _close(old)
 
     def _entry(self, relative_path: str) -> _OpenFile:
         entry = self._open.get(relative_path)
         if entry is not None:
             self._open.move_to_end(relative_path)
             return entry
+        # Make room first, so an old parsed footer is freed before the new one is parsed.
+        self._evict(self._footer_sizes.get(relative_path, self._largest_footer))
         handle = _open_handle(self.meta, relative_path)
         packed = self._footers.get(relative_path)
         known = unpack_footer(packed) if packed is not None else None
-        pf = _parse(self.meta, relative_path, handle, known, self._largest_footer)
-        if packed is None:
+        pf, footer = _parse(self.meta, relative_path, handle, known, self._largest_footer)
+        if footer is not None:  # read from the file now: kept as read (packed), never serialized again
             self.footer_reads += 1
-            self._footers[relative_path] = pack_footer(pf.metadata)
+            self._footers[relative_path] = pack_footer(footer)
+            self._footer_sizes[relative_path] = pf.metadata.serialized_size
             self._largest_footer = max(self._largest_footer, pf.metadata.serialized_size)
-        entry = self._open[relative_path] = _OpenFile(pf, handle if isinstance(handle, RetryingRangeFile) else None)
-        while len(self._open) > self.max_open:
-            _, old = self._open.popitem(last=False)
-            _close(old)
+        entry = _OpenFile(pf, handle if isinstance(handle, RetryingRangeFile) else None)
+        self._evict(self._footer_sizes[relative_path])  # the estimate was low (first footer of the dataset)
+        self._open[relative_path] = entry
         return entry
 
     def get(self, relative_path: str) -> pq.ParquetFile:
