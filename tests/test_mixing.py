@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from streamnodes.errors import ConfigError
-from streamnodes.mixing import ALL_EXHAUSTED, FIRST_EXHAUSTED, apportion, exact_weights, merge_stats, mix_counts
+from streamnodes.mixing import (
+    ALL_EXHAUSTED,
+    FIRST_EXHAUSTED,
+    apportion,
+    exact_weights,
+    merge_stats,
+    mix_counts,
+)
 
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
 

@@ -10,6 +10,7 @@ from streamnodes.sharding import (
     EpochPlan,
     Piece,
     epoch_order,
+    epoch_share,
     equal_rank_quota,
     frame_order,
     plan_epoch,
@@ -117,3 +118,23 @@ def test_equal_rank_quota_trims_at_most_one_frame_per_consumer() -> None:
     single = plan_epoch(by_ep, seed=0, epoch=0, shuffle=True, num_consumers=3)
     assert equal_rank_quota(single, world_size=1, num_workers=3) == (list(single.frames), 0)
     assert EpochPlan.of([[Piece.whole(0, 5)], []]).rank_frames(2, 1) == [5, 0]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 40), min_size=1, max_size=30),
+    consumers=st.integers(1, 9),
+    seed=st.integers(0, 2**32),
+    epoch=st.integers(0, 5),
+    shuffle=st.booleans(),
+    skip=st.integers(0, 3),
+)
+def test_one_consumers_share_from_columns_equals_the_plan(lengths, consumers, seed, epoch, shuffle, skip) -> None:
+    episodes = np.arange(len(lengths)) * (skip + 1)  # sparse episode indices, sorted
+    by_ep = dict(zip(episodes.tolist(), lengths, strict=True))
+    plan = plan_epoch(by_ep, seed=seed, epoch=epoch, shuffle=shuffle, num_consumers=consumers)
+    for c in range(consumers):
+        share = epoch_share(episodes, np.asarray(lengths), seed=seed, epoch=epoch, shuffle=shuffle,
+                            num_consumers=consumers, consumer=c)
+        assert list(share) == list(plan.pieces[c]) and share.frames == plan.frames[c]
+        assert share[1:] == list(plan.pieces[c][1:])

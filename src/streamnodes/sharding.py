@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 import numpy as np
 
@@ -148,6 +148,58 @@ def plan_epoch(
     """
     order = epoch_order(list(lengths_by_episode), seed=seed, epoch=epoch, shuffle=shuffle)
     return EpochPlan.of(split_pieces((Piece.whole(e, lengths_by_episode[e]) for e in order), num_consumers))
+
+
+class Share(Sequence[Piece]):
+    """One consumer's pieces of a fresh epoch, made on demand from numpy columns (see :func:`epoch_share`).
+
+    Equal to ``plan_epoch(...).pieces[consumer]`` without a Python object per episode: at 100k
+    episodes a worker keeps a few arrays, not a list of pieces.
+    """
+
+    def __init__(self, episodes: np.ndarray, starts: np.ndarray, lengths: np.ndarray, lo: int, hi: int) -> None:
+        self._episodes, self._starts, self._lengths = episodes, starts, lengths  # the share's episodes, laid out
+        self._lo, self._hi = lo, hi  # the share's frames in the epoch's layout
+
+    def __len__(self) -> int:
+        return len(self._episodes)
+
+    @overload
+    def __getitem__(self, k: int) -> Piece: ...
+    @overload
+    def __getitem__(self, k: slice) -> list[Piece]: ...
+    def __getitem__(self, k: int | slice) -> Piece | list[Piece]:
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        at, length = int(self._starts[k]), int(self._lengths[k])
+        start, stop = max(0, self._lo - at), min(length, self._hi - at)
+        return Piece(int(self._episodes[k]), start, stop, 0, stop - start)
+
+    @property
+    def frames(self) -> int:
+        return self._hi - self._lo
+
+
+def epoch_share(
+    episodes: np.ndarray, lengths: np.ndarray, *, seed: int, epoch: int, shuffle: bool, num_consumers: int, consumer: int
+) -> Share:
+    """Consumer ``consumer``'s pieces of :func:`plan_epoch`'s deal, computed with numpy for that consumer alone.
+
+    ``episodes`` (sorted ascending) and ``lengths`` are the epoch's episodes as columns.
+    """
+    order = make_rng(seed, epoch, "episode-order").permutation(len(episodes)) if shuffle else np.arange(len(episodes))
+    laid = np.asarray(lengths, dtype=np.int64)[order]
+    ends = np.cumsum(laid)
+    bounds = share_bounds(int(ends[-1]) if len(ends) else 0, num_consumers)
+    lo, hi = bounds[consumer], bounds[consumer + 1]
+    first = int(np.searchsorted(ends, lo, side="right"))
+    last = int(np.searchsorted(ends - laid, hi, side="left")) if hi > lo else first
+    chosen = order[first:last]
+    return Share(np.asarray(episodes)[chosen], (ends - laid)[first:last], laid[first:last], lo, hi)
 
 
 def equal_rank_quota(plan: EpochPlan, world_size: int, num_workers: int) -> tuple[list[int], int]:

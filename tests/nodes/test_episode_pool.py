@@ -11,8 +11,8 @@ from streamnodes.errors import ConfigError, StateError
 from streamnodes.format import open_dataset
 from streamnodes.nodes.episode_batcher import EpisodeBatcher
 from streamnodes.nodes.episode_pool import EpisodePool
-from streamnodes.sharding import frame_order
 from streamnodes.nodes.shard_source import ShardSource
+from streamnodes.sharding import frame_order
 from tests.nodes.helpers import assert_resumes_everywhere, run_with_states
 
 
@@ -65,7 +65,6 @@ def test_draws_follow_pending_frame_weights(short_episodes) -> None:
     lower it), so the false-failure rate of the threshold is about 1e-4.
     """
     meta = short_episodes
-    lengths = {e.episode_index: e.length for e in meta.episodes}
     pool_size = 3
     node = _pool(meta, pool_size=pool_size, seed=5)
     observed = [0] * pool_size

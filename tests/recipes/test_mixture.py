@@ -17,7 +17,13 @@ import torch
 
 from streamnodes import ConfigError, Source, StateError, build_loader, open_dataset
 from streamnodes.mixing import exact_weights, mix_counts
-from streamnodes.testing import camera_identity, expected_action, expected_state, frame_identity, write_dataset
+from streamnodes.testing import (
+    camera_identity,
+    expected_action,
+    expected_state,
+    frame_identity,
+    write_dataset,
+)
 from tests.recipes.mixture_data import A_DELTAS, CAM, TOP, WRIST, aligned_b, write_a, write_b
 from tests.recipes.resume_child import batch_ids
 

@@ -9,12 +9,13 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from torchdata.nodes import BaseNode
 
 from streamnodes.distributed import Consumer, current_consumer
 from streamnodes.format.metadata import DatasetMeta, EpisodeRef
 from streamnodes.nodes._state import check_config, next_epoch, require_keys
-from streamnodes.sharding import EpochPlan, Piece, plan_epoch, split_pieces
+from streamnodes.sharding import EpochPlan, Piece, epoch_share, plan_epoch, split_pieces
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +63,36 @@ class ShardSource(BaseNode[EpisodeRef]):
         self.initial_epoch = int(epoch)
         self.consumer: Consumer = current_consumer(rank, world_size, worker_id, num_workers)
         subset = sorted({int(e) for e in episodes}) if episodes is not None else None
-        self.lengths = meta.episode_lengths(subset)  # from the columns: no EpisodeRef per episode
+        lengths = meta.episode_lengths(subset)  # from the columns: no EpisodeRef per episode
+        self._episodes = np.fromiter(lengths.keys(), dtype=np.int64, count=len(lengths))
+        self._lengths = np.fromiter(lengths.values(), dtype=np.int64, count=len(lengths))
+        order = np.argsort(self._episodes, kind="stable")
+        self._episodes, self._lengths = self._episodes[order], self._lengths[order]
         self.episode_subset = subset
         self.remainder = (int(remainder[0]), tuple(Piece(*map(int, p)) for p in remainder[1])) if remainder else None
         self.epoch: int | None = None
         self._offset = 0
-        self._mine: tuple[Piece, ...] = ()  # this consumer's pieces this epoch; refs are made one at a time
+        self._mine: Sequence[Piece] = ()  # this consumer's pieces this epoch; refs are made one at a time
+
+    @property
+    def lengths(self) -> dict[int, int]:
+        """Episode index -> length of the episodes this source deals (made on demand)."""
+        return dict(zip(self._episodes.tolist(), self._lengths.tolist(), strict=True))
 
     def plan(self, epoch: int) -> EpochPlan:
         """Every consumer's pieces in ``epoch`` (the elastic remainder's deal in its epoch)."""
         if self.remainder is not None and self.remainder[0] == epoch:
             return EpochPlan.of(split_pieces(self.remainder[1], self.consumer.count))
         return plan_epoch(self.lengths, seed=self.seed, epoch=epoch, shuffle=self.shuffle, num_consumers=self.consumer.count)
+
+    def share(self, epoch: int) -> Sequence[Piece]:
+        """This consumer's pieces in ``epoch``: from numpy columns for a fresh epoch (no object per episode)."""
+        if self.remainder is not None and self.remainder[0] == epoch:
+            return self.plan(epoch).pieces[self.consumer.id]
+        return epoch_share(
+            self._episodes, self._lengths, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+            num_consumers=self.consumer.count, consumer=self.consumer.id,
+        )
 
     def _config(self) -> dict[str, Any]:
         c = self.consumer
@@ -93,13 +112,13 @@ class ShardSource(BaseNode[EpisodeRef]):
             check_config("ShardSource", initial_state[self.CONFIG_KEY], self._config())
         self.epoch = next_epoch(initial_state and initial_state[self.EPOCH_KEY], self.epoch, self.initial_epoch)
         self._offset = int(initial_state[self.OFFSET_KEY]) if initial_state is not None else 0
-        mine = self.plan(self.epoch).pieces[self.consumer.id]
+        mine = self.share(self.epoch)
         self._mine = mine
         if not mine:
             msg = (
                 f"ShardSource: consumer {self.consumer.id} (rank {self.consumer.rank}, worker "
                 f"{self.consumer.worker_id}) has no frames in epoch {self.epoch}: {self.consumer.count} consumers "
-                f"share {sum(self.lengths.values())} frames. Use fewer workers or ranks."
+                f"share {int(self._lengths.sum())} frames. Use fewer workers or ranks."
             )
             warnings.warn(msg, stacklevel=2)
             log.warning(msg)
@@ -119,7 +138,7 @@ class ShardSource(BaseNode[EpisodeRef]):
         c = self.consumer
         return (
             f"ShardSource(consumer={c.id}/{c.count} (rank {c.rank}/{c.world_size}, worker {c.worker_id}/"
-            f"{c.num_workers}), episodes={len(self.lengths)}, seed={self.seed}, shuffle={self.shuffle}, "
+            f"{c.num_workers}), episodes={len(self._episodes)}, seed={self.seed}, shuffle={self.shuffle}, "
             f"epoch={self.epoch}, offset={self._offset})"
         )
 

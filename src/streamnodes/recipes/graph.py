@@ -24,8 +24,8 @@ from streamnodes.nodes import (
 )
 from streamnodes.recipes.config import StreamConfig
 from streamnodes.rng import derive_seed
-from streamnodes.windows import delta_indices
 from streamnodes.sharding import EpochPlan, Piece, equal_rank_quota, plan_epoch, split_pieces
+from streamnodes.windows import delta_indices
 
 GraphConfig = StreamConfig  # the name of the first releases
 
