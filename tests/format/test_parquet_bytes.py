@@ -7,6 +7,8 @@ and requests, never timed.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import io
 from pathlib import Path
 
@@ -143,12 +145,18 @@ def test_one_shuffled_epoch_reads_each_row_group_once_and_each_footer_once_per_c
     meta = open_dataset(dataset)
     columns = EpisodeReader(meta).columns
     readers = _readers_per_file(dataset, max(1, num_workers))
+    plan = plan_epoch({e.episode_index: e.length for e in meta.episodes}, seed=SEED, epoch=0, shuffle=True,
+                      num_consumers=max(1, num_workers))
+    pieces = Counter(p.episode for share in plan.pieces for p in share)  # an episode split between consumers: 2
     largest = max(_footer_length(dataset / path) for path in sizes) - TRAILER_BYTES
     for path, size in sizes.items():
         metadata = pq.read_metadata(dataset / path)
         episodes = [e for e in meta.episodes if e.data_path == path]
-        # Each episode of the file: exactly one ranged read, of its row group's span.
-        wanted = sorted(row_group_span(metadata, e.row_group, columns) for e in episodes)
+        # Each episode of the file: exactly one ranged read of its row group's span per consumer holding a
+        # piece of it (the shares split an episode at each boundary between consumers).
+        wanted = sorted(
+            row_group_span(metadata, e.row_group, columns) for e in episodes for _ in range(pieces[e.episode_index])
+        )
         got_rows = sorted(s for s in spans[path] if s in set(wanted))
         assert got_rows == wanted, path
         # The rest is footer reads: one tail read (ending at the file's end) per footer read, sometimes
