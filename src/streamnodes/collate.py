@@ -116,7 +116,8 @@ def new_shared_storage(nbytes: int) -> torch.UntypedStorage:
     fd = memfd_create("streamnodes-batch", os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, nbytes)
-        return torch.UntypedStorage._new_shared_fd_cpu(fd, nbytes)  # maps a duplicate of fd
+        # maps a duplicate of fd; a private classmethod torch has, missing from its stubs
+        return torch.UntypedStorage._new_shared_fd_cpu(fd, nbytes)  # type: ignore[attr-defined]
     finally:
         os.close(fd)
 

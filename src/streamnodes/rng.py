@@ -43,7 +43,7 @@ def rng_from_state(state: dict[str, Any]) -> np.random.Generator:
     if state.get("bit_generator") != "PCG64":
         raise ValueError(f"expected a PCG64 state, got {state.get('bit_generator')!r}")
     bitgen = np.random.PCG64()
-    bitgen.state = state
+    bitgen.state = state  # type: ignore[assignment]  # numpy checks it; its stubs want their own TypedDict
     return np.random.Generator(bitgen)
 
 

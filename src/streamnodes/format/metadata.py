@@ -125,6 +125,8 @@ class EpisodeTable(Sequence[EpisodeRef]):
     """
 
     _INT_COLUMNS = ("index", "length", "start", "data_file", "row_group", "task_ids", "task_offsets")
+    # The episode-index column shadows Sequence.index (a method this table does not offer).
+    index: np.ndarray  # type: ignore[assignment]
 
     def __init__(
         self,

@@ -390,7 +390,7 @@ def _episode_table(
     video_file, video_files = [], []
     for key in video_keys:
         ids, paths = _file_ids(cols[f"videos/{key}/chunk_index"], cols[f"videos/{key}/file_index"],
-                               info.get("video_path"), video_key=key)
+                               info["video_path"], video_key=key)  # present: _read_info checks it
         video_file.append(ids)
         video_files.append(paths)
     return EpisodeTable(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -67,14 +67,17 @@ def footer_bytes(handle: RetryingRangeFile | io.IOBase, largest_footer: int = 0)
     caller words. ``handle`` is a :class:`RetryingRangeFile` (remote: each read one ranged request) or a
     seekable local file.
     """
+    read_at: Callable[[int, int], bytes]
     if isinstance(handle, RetryingRangeFile):
         size, read_at = handle.size, handle.read_at
     else:
         size = handle.seek(0, io.SEEK_END)
 
-        def read_at(offset: int, n: int) -> bytes:
+        def read_local(offset: int, n: int) -> bytes:
             handle.seek(offset)
             return handle.read(n)
+
+        read_at = read_local
 
     n = footer_tail_size(size, largest_footer)
     tail = read_at(size - n, n)
@@ -229,6 +232,7 @@ def unpack_footer(packed: bytes) -> pq.FileMetaData:
     if packed[:1] == b"z":
         return parse_footer(zlib.decompress(packed[1:]))
     size = int.from_bytes(packed[1:9], "little")
+    assert _ZSTD is not None  # b"Z" is written only by pack_footer in this process, where pyarrow has zstd
     return parse_footer(_ZSTD.decompress(packed[9:], size, asbytes=True))
 
 

@@ -14,7 +14,7 @@ import posixpath
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import fsspec
 import numpy as np
@@ -132,15 +132,17 @@ def row_group_facts(
     group = metadata.row_group
     n = metadata.num_row_groups
     first = group(0) if n else None
-    leaf = next((j for j in range(metadata.num_columns) if first.column(j).path_in_schema == column), None) if n else None
-    if leaf is None:
-        rows = np.fromiter((group(i).num_rows for i in range(n)), dtype=np.int64, count=n)
-        return rows, np.zeros(n, np.int64), np.zeros(n, np.int64), None
+    leaf = next((j for j in range(metadata.num_columns) if first.column(j).path_in_schema == column), None) if first is not None else None
+    if first is None or leaf is None:
+        sizes = np.fromiter((group(i).num_rows for i in range(n)), dtype=np.int64, count=n)
+        return sizes, np.zeros(n, np.int64), np.zeros(n, np.int64), None
     stats = first.column(leaf).statistics
     raw = stats is not None and stats.physical_type in ("INT32", "INT64") and stats.converted_type in _RAW_INTEGERS
     # One row group at a time: each metadata object pyarrow makes holds its own copy of C++ state, so
     # keeping all of them (a list of Statistics) costs hundreds of MB at 100,000 row groups.
-    rows, lows, highs = [], [], []
+    rows: list[int] = []
+    lows: list[int | None] = []
+    highs: list[int | None] = []
     for i in range(n):
         g = group(i)
         rows.append(g.num_rows)
@@ -212,7 +214,7 @@ def release_freed_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
-_LIBC: ctypes.CDLL | bool | None = None
+_LIBC: ctypes.CDLL | Literal[False] | None = None
 
 
 def rewrite_row_groups(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> int:

@@ -24,6 +24,7 @@ What neither finds (a damaged frame inside an intact file) is left to the decode
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import posixpath
@@ -138,7 +139,7 @@ def _present_files(meta: DatasetMeta, uses: dict[str, list], local: bool) -> dic
             if local:
                 entries = {e.name: e.stat().st_size for e in os.scandir(url) if e.is_file()}
             else:
-                listing = with_retries(lambda u=url: meta.fs.ls(u, detail=True), what=url, remote=True, path=url)
+                listing = with_retries(functools.partial(meta.fs.ls, url, detail=True), what=url, remote=True, path=url)
                 entries = {posixpath.basename(str(e["name"]).rstrip("/")): e.get("size") for e in listing
                            if e.get("type", "file") == "file"}
         except FileNotFoundError:
@@ -158,7 +159,8 @@ def _check_local_files(meta: DatasetMeta, uses: dict[str, list], sizes: dict[str
     damaged: dict[str, str] = {}
     for path in uses:
         url = meta.url(path)
-        size = sizes[path] if sizes[path] is not None else os.path.getsize(url)
+        known = sizes[path]
+        size = known if known is not None else os.path.getsize(url)
         with open(url, "rb") as f:
             why = mp4_truncation(lambda offset, n, f=f: _read_at(f, offset, n), size)
         if why is not None:

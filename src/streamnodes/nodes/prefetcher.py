@@ -102,7 +102,7 @@ class Prefetcher(BaseNode[Episode]):
     def _get_cache(self) -> SpanCache | VideoCache:
         if self._cache is not None and not self._cache.closed:
             return self._cache
-        common = {
+        common: dict[str, Any] = {
             "max_bytes": self.max_bytes, "num_threads": self.num_threads, "retries": self.retries,
             "backoff_s": self.backoff_s, "chunk_bytes": self.chunk_bytes,
         }

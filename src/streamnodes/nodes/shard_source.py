@@ -110,7 +110,7 @@ class ShardSource(BaseNode[EpisodeRef]):
         if initial_state is not None:
             require_keys("ShardSource", initial_state, (self.EPOCH_KEY, self.OFFSET_KEY, self.CONFIG_KEY))
             check_config("ShardSource", initial_state[self.CONFIG_KEY], self._config())
-        self.epoch = next_epoch(initial_state and initial_state[self.EPOCH_KEY], self.epoch, self.initial_epoch)
+        self.epoch = next_epoch(initial_state[self.EPOCH_KEY] if initial_state is not None else None, self.epoch, self.initial_epoch)
         self._offset = int(initial_state[self.OFFSET_KEY]) if initial_state is not None else 0
         mine = self.share(self.epoch)
         self._mine = mine

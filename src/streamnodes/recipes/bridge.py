@@ -17,21 +17,33 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from torch.utils.data import IterableDataset, get_worker_info
 from torchdata.nodes import BaseNode
 
 from streamnodes.distributed import Consumer, rank_and_world_size, worker_and_count
 from streamnodes.errors import StateError, StreamNodesError
-from streamnodes.recipes.graph import BuiltGraph
 from streamnodes.recipes.state import STATE_VERSION, check_header, write_header
 
 log = logging.getLogger(__name__)
 
 __all__ = ["STATE_VERSION", "NodeIterableDataset"]
 
-GraphFactory = Callable[[Consumer, int], BuiltGraph]
+
+class Built(Protocol):
+    """What a graph factory returns for one consumer (``BuiltGraph``, ``BuiltMixture``): the node to
+    iterate, this epoch's skipped episodes, and the release of its decoders, downloads and files."""
+
+    @property
+    def output(self) -> BaseNode: ...
+
+    def skipped(self) -> list[list[object]]: ...
+
+    def shutdown(self) -> None: ...
+
+
+GraphFactory = Callable[[Consumer, int], Built]
 CONSUMER_KEY = "consumer"
 GRAPH_KEY = "graph"
 SKIPPED_KEY = "skipped"
@@ -137,7 +149,7 @@ class NodeIterableDataset(IterableDataset):
         self.epoch = int(epoch)
         self.config_fingerprint = config_fingerprint
         self._pending: dict[str, Any] | None = None
-        self._graph: BuiltGraph | None = None
+        self._graph: Built | None = None
         self._consumer: Consumer | None = None
         self._epoch_is_set = True  # the next __iter__ starts self.epoch (not epoch + 1)
 

@@ -101,7 +101,7 @@ class StreamLoader(StatefulDataLoader):
         return None if self.graph is None else self.graph.identity()
 
     @property
-    def dataset_stats(self) -> dict[str, Any] | None:
+    def dataset_stats(self) -> Mapping[str, Any] | None:
         """Normalisation statistics of what this loader reads: the dataset's ``meta/stats.json``, or for a
         mixture the sources' merged by count (:func:`streamnodes.mixing.merge_stats`, docs/mixtures.md)."""
         if isinstance(self.graph, MixtureGraph):
@@ -109,10 +109,10 @@ class StreamLoader(StatefulDataLoader):
         return None if self.graph is None else self.graph.meta.stats
 
     @property
-    def source_stats(self) -> list[dict[str, Any] | None]:
+    def source_stats(self) -> list[Mapping[str, Any] | None]:
         """Each source's ``meta/stats.json`` (a mixture's under its output key names); one entry for one dataset."""
         if isinstance(self.graph, MixtureGraph):
-            return self.graph.source_stats
+            return list(self.graph.source_stats)
         return [] if self.graph is None else [self.graph.meta.stats]
 
     def _check_dataset(self, saved: Any) -> None:

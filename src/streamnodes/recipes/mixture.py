@@ -36,6 +36,7 @@ from streamnodes.nodes.weighted_mix import WeightedMix
 from streamnodes.recipes.config import StreamConfig
 from streamnodes.recipes.graph import BuiltGraph, LeRobotGraph, decode_node
 from streamnodes.rng import derive_seed
+from streamnodes.types import Sample
 from streamnodes.windows import delta_indices
 
 log = logging.getLogger(__name__)
@@ -169,12 +170,12 @@ class MixtureGraph:
     @property
     def source_stats(self) -> list[dict[str, Any] | None]:
         """Each source's ``meta/stats.json`` under the output names (renamed; dropped features left out)."""
-        out = []
+        out: list[dict[str, Any] | None] = []
         for meta, rename in zip(self.metas, self.renames, strict=True):
             if meta.stats is None:
                 out.append(None)
                 continue
-            out.append({rename.get(k, k): v for k, v in meta.stats.items() if rename.get(k, k) is not None})
+            out.append({name: v for k, v in meta.stats.items() if (name := rename.get(k, k)) is not None})
         return out
 
     @property
@@ -187,7 +188,7 @@ class MixtureGraph:
         counts = self.worker_counts(epoch, consumer.world_size, consumer.num_workers)[consumer.worker_id]
         parts = [g.samples(consumer, epoch) for g in self.graphs]
         chains = [Relabel(p.output, dataset_index=i, rename=r) for i, (p, r) in enumerate(zip(parts, self.renames, strict=True))]
-        node = WeightedMix(chains, counts, seed=derive_seed(self.config.seed, consumer.id, "mix"), epoch=epoch)
+        node: WeightedMix[Sample] = WeightedMix(chains, counts, seed=derive_seed(self.config.seed, consumer.id, "mix"), epoch=epoch)
         return BuiltMixture(decode_node(node, self.config, batch_in_graph=self.batch_in_graph, pin_memory=self.pin_memory), parts)
 
     def __repr__(self) -> str:
@@ -259,7 +260,7 @@ def _check_rename(meta: DatasetMeta, rename: Mapping[str, str | None]) -> dict[s
     if unknown:
         raise ConfigError(f"rename has keys {unknown} that are not features of the dataset (features: {sorted(meta.features)}).")
     out = {str(k): (None if v is None else str(v)) for k, v in rename.items()}
-    names = [out.get(k, k) for k in meta.features if out.get(k, k) is not None]
+    names = [name for k in meta.features if (name := out.get(k, k)) is not None]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(f"rename {out} gives names {twice} to more than one feature. Give every kept feature its own name.")
@@ -276,7 +277,7 @@ def _source_deltas(deltas: Mapping[str, Sequence[float]] | None, meta: DatasetMe
     """The loader's ``delta_timestamps`` (output names) in this source's own feature names."""
     if not deltas:
         return None
-    own = {rename.get(k, k): k for k in meta.features if rename.get(k, k) is not None}
+    own = {name: k for k in meta.features if (name := rename.get(k, k)) is not None}
     missing = [k for k in deltas if k not in own]
     if missing:
         raise ConfigError(

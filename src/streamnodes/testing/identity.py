@@ -176,13 +176,13 @@ def camera_identity(image: Any) -> int:
 
 
 def expected_state(
-    episode_index: int, frame_index: int | Sequence[int] | np.ndarray, dim: int = 6
+    episode_index: int | np.ndarray, frame_index: int | Sequence[int] | np.ndarray, dim: int = 6
 ) -> np.ndarray:
     """``observation.state`` as written: ``1000 * episode + frame + 0.01 * d`` for ``d < dim``, float32.
 
-    ``frame_index`` may be an array of N indices; the result is then ``[N, dim]``. Values are computed
-    in float64 and rounded to float32 once, exactly as written (so equality checks are exact; large
-    episode indices lose the ``0.01 * d`` part to float32 rounding).
+    ``frame_index`` may be an array of N indices (``episode_index`` too, one per frame); the result is
+    then ``[N, dim]``. Values are computed in float64 and rounded to float32 once, exactly as written
+    (so equality checks are exact; large episode indices lose the ``0.01 * d`` part to float32 rounding).
     """
     frames = np.asarray(frame_index, dtype=np.float64)
     values = (1000.0 * episode_index + frames)[..., None] + 0.01 * np.arange(dim, dtype=np.float64)
@@ -190,7 +190,7 @@ def expected_state(
 
 
 def expected_action(
-    episode_index: int, frame_index: int | Sequence[int] | np.ndarray, dim: int = 6
+    episode_index: int | np.ndarray, frame_index: int | Sequence[int] | np.ndarray, dim: int = 6
 ) -> np.ndarray:
     """``action`` as written: ``-expected_state(episode_index, frame_index, dim)``."""
     return -expected_state(episode_index, frame_index, dim)

@@ -99,7 +99,7 @@ class _File:
     index: Mp4Index | None = None
     whole: bool = False  # no usable index: spans of this file are the whole file
     read: bool = False
-    body: bytes | None = None  # the whole file, when its server ignored Range
+    body: bytes | mmap.mmap | None = None  # the whole file (mapped), when its server ignored Range
     known: list[tuple[int, bytes]] = field(default_factory=list)  # what the index reads read: spans reuse it
 
 
@@ -523,6 +523,7 @@ class SpanCache:
         with open(part, "wb") as out:
             if entry.plan is not None:
                 reads = self._reader(info, count="span")
+                assert info.index is not None  # a plan is made from the file's index (_plan)
                 data = synthesize(info.index, entry.plan.span, fetch_span(reads, entry.plan.span))
                 out.write(data)
                 return len(data)
