@@ -7,9 +7,8 @@ and requests, never timed.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import io
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
