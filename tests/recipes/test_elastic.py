@@ -74,7 +74,7 @@ def _check_change(root: Path, old: tuple[int, int], new: tuple[int, int], fracti
 topologies = st.tuples(st.integers(1, 4), st.integers(0, 3))
 
 
-@settings(max_examples=14, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(
     lengths=st.lists(st.integers(1, 30), min_size=2, max_size=7),
     old=topologies,
