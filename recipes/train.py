@@ -419,7 +419,7 @@ class Resumed:
 
 # Flags that decide which sample comes when (with the world size): a checkpoint's loader state only fits
 # them unchanged (the loader refuses it otherwise). --chunk sets the action window (delta_timestamps).
-ORDER_FLAGS = ("dataset", "weights", "seed", "episode_pool_size", "frame_shuffle_size", "chunk", "num_workers")
+ORDER_FLAGS = ("dataset", "weights", "seed", "episode_pool_size", "frame_shuffle_size", "chunk")
 # Flags that may differ between a run and its resume without saying so: where things go, how long, how loud.
 BOOKKEEPING_FLAGS = ("output_dir", "resume_from", "steps", "save_every", "keep_last", "log_indices", "log_every",
                      "debug", "threads", "cpu")  # fmt: skip
@@ -503,7 +503,7 @@ class Checkpointer:
                 "resuming with settings that differ from the checkpoint's run: %s. The sample stream continues "
                 "where it stopped (%s shape its order; another --num_workers or world size re-deals the rest of "
                 "the epoch over the new workers and ranks: nothing repeated, nothing lost).",
-                ", ".join(changed), ", ".join(f"--{k}" for k in ORDER_FLAGS if k != "num_workers"),
+                ", ".join(changed), ", ".join(f"--{k}" for k in ORDER_FLAGS),
             )  # fmt: skip
         if "torch_rng" in extra:
             torch.set_rng_state(extra["torch_rng"])

@@ -130,11 +130,15 @@ def test_equal_rank_quota_trims_at_most_one_frame_per_consumer() -> None:
     skip=st.integers(0, 3),
 )
 def test_one_consumers_share_from_columns_equals_the_plan(lengths, consumers, seed, epoch, shuffle, skip) -> None:
+    """The numpy deal equals its definition: the epoch's order laid end to end, cut by split_pieces."""
     episodes = np.arange(len(lengths)) * (skip + 1)  # sparse episode indices, sorted
     by_ep = dict(zip(episodes.tolist(), lengths, strict=True))
+    order = epoch_order(list(by_ep), seed=seed, epoch=epoch, shuffle=shuffle)
+    reference = split_pieces([Piece.whole(e, by_ep[e]) for e in order], consumers)
     plan = plan_epoch(by_ep, seed=seed, epoch=epoch, shuffle=shuffle, num_consumers=consumers)
+    assert [list(p) for p in plan.pieces] == reference
     for c in range(consumers):
         share = epoch_share(episodes, np.asarray(lengths), seed=seed, epoch=epoch, shuffle=shuffle,
                             num_consumers=consumers, consumer=c)
-        assert list(share) == list(plan.pieces[c]) and share.frames == plan.frames[c]
-        assert share[1:] == list(plan.pieces[c][1:])
+        assert list(share) == reference[c] and share.frames == plan.frames[c]
+        assert share[1:] == reference[c][1:]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, overload
+from typing import Any, NamedTuple, overload
 
 import numpy as np
 
@@ -112,6 +112,28 @@ def split_pieces(pieces: Iterable[Piece], num_consumers: int) -> list[list[Piece
 
 
 @dataclass(frozen=True)
+class Remainder:
+    """The undelivered rest of ``epoch`` after an elastic resume: in that epoch these pieces are dealt
+    over the consumers (:func:`split_pieces`) instead of the epoch's own plan."""
+
+    epoch: int
+    pieces: tuple[Piece, ...]
+
+    def deal(self, num_consumers: int) -> list[list[Piece]]:
+        return split_pieces(self.pieces, num_consumers)
+
+    def to_state(self) -> list[Any]:
+        """Plain types for a state: ``[epoch, [[episode, start, stop, lo, hi], ...]]``."""
+        return [self.epoch, [list(p) for p in self.pieces]]
+
+    @classmethod
+    def from_state(cls, saved: Sequence[Any] | None) -> Remainder | None:
+        if not saved:
+            return None
+        return cls(int(saved[0]), tuple(Piece(*(int(v) for v in p)) for p in saved[1]))
+
+
+@dataclass(frozen=True)
 class EpochPlan:
     """The pieces and frame totals of every consumer in one epoch (consumer c = rank * num_workers + worker)."""
 
@@ -143,18 +165,20 @@ def plan_epoch(
     """Deal one epoch's frames to ``num_consumers`` consumers, balanced to one frame.
 
     The episodes in the epoch's order (:func:`epoch_order`) are laid end to end and cut into contiguous
-    shares (:func:`split_pieces`): every frame exactly once, each consumer's share a run of whole episodes
-    with at most a part of one at each end. ``shuffle=False`` keeps storage order within and across shares.
+    shares: every frame exactly once, each consumer's share a run of whole episodes with at most a part
+    of one at each end (the same cut as :func:`split_pieces`). ``shuffle=False`` keeps storage order
+    within and across shares.
     """
-    order = epoch_order(list(lengths_by_episode), seed=seed, epoch=epoch, shuffle=shuffle)
-    return EpochPlan.of(split_pieces((Piece.whole(e, lengths_by_episode[e]) for e in order), num_consumers))
+    episodes = np.asarray(sorted(lengths_by_episode), dtype=np.int64)
+    lengths = np.asarray([lengths_by_episode[int(e)] for e in episodes], dtype=np.int64)
+    layout = EpochLayout(episodes, lengths, seed=seed, epoch=epoch, shuffle=shuffle)
+    return EpochPlan.of([list(layout.share(c, num_consumers)) for c in range(num_consumers)])
 
 
 class Share(Sequence[Piece]):
-    """One consumer's pieces of a fresh epoch, made on demand from numpy columns (see :func:`epoch_share`).
+    """One consumer's pieces of a fresh epoch, made on demand from numpy columns (:meth:`EpochLayout.share`).
 
-    Equal to ``plan_epoch(...).pieces[consumer]`` without a Python object per episode: at 100k
-    episodes a worker keeps a few arrays, not a list of pieces.
+    At 100k episodes a worker keeps a few arrays, not a Python object per episode.
     """
 
     def __init__(self, episodes: np.ndarray, starts: np.ndarray, lengths: np.ndarray, lo: int, hi: int) -> None:
@@ -184,22 +208,39 @@ class Share(Sequence[Piece]):
         return self._hi - self._lo
 
 
+class EpochLayout:
+    """An epoch's episodes in its order, laid end to end: where each episode's frames start and end.
+
+    ``episodes`` (sorted ascending) and ``lengths`` are the epoch's episodes as columns; the order is
+    :func:`epoch_order`'s (a permutation from ``(seed, epoch)``, or storage order).
+    """
+
+    def __init__(self, episodes: np.ndarray, lengths: np.ndarray, *, seed: int, epoch: int, shuffle: bool) -> None:
+        n = len(episodes)
+        self.order = make_rng(seed, epoch, "episode-order").permutation(n) if shuffle else np.arange(n)
+        self.episodes = np.asarray(episodes)[self.order]
+        self.laid = np.asarray(lengths, dtype=np.int64)[self.order]
+        self.ends = np.cumsum(self.laid)
+
+    @property
+    def frames(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def share(self, consumer: int, num_consumers: int) -> Share:
+        """Consumer ``consumer``'s contiguous share of the frames (:func:`share_bounds`), as pieces."""
+        bounds = share_bounds(self.frames, num_consumers)
+        lo, hi = bounds[consumer], bounds[consumer + 1]
+        starts = self.ends - self.laid
+        first = int(np.searchsorted(self.ends, lo, side="right"))
+        last = int(np.searchsorted(starts, hi, side="left")) if hi > lo else first
+        return Share(self.episodes[first:last], starts[first:last], self.laid[first:last], lo, hi)
+
+
 def epoch_share(
     episodes: np.ndarray, lengths: np.ndarray, *, seed: int, epoch: int, shuffle: bool, num_consumers: int, consumer: int
 ) -> Share:
-    """Consumer ``consumer``'s pieces of :func:`plan_epoch`'s deal, computed with numpy for that consumer alone.
-
-    ``episodes`` (sorted ascending) and ``lengths`` are the epoch's episodes as columns.
-    """
-    order = make_rng(seed, epoch, "episode-order").permutation(len(episodes)) if shuffle else np.arange(len(episodes))
-    laid = np.asarray(lengths, dtype=np.int64)[order]
-    ends = np.cumsum(laid)
-    bounds = share_bounds(int(ends[-1]) if len(ends) else 0, num_consumers)
-    lo, hi = bounds[consumer], bounds[consumer + 1]
-    first = int(np.searchsorted(ends, lo, side="right"))
-    last = int(np.searchsorted(ends - laid, hi, side="left")) if hi > lo else first
-    chosen = order[first:last]
-    return Share(np.asarray(episodes)[chosen], (ends - laid)[first:last], laid[first:last], lo, hi)
+    """Consumer ``consumer``'s pieces of :func:`plan_epoch`'s deal, without making the other consumers'."""
+    return EpochLayout(episodes, lengths, seed=seed, epoch=epoch, shuffle=shuffle).share(consumer, num_consumers)
 
 
 def equal_rank_quota(plan: EpochPlan, world_size: int, num_workers: int) -> tuple[list[int], int]:

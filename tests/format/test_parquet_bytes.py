@@ -50,11 +50,8 @@ def _footer_length(path: Path) -> int:
     return int.from_bytes(tail[:4], "little") + TRAILER_BYTES
 
 
-def _readers_per_file(root: Path, num_consumers: int) -> dict[str, int]:
-    """How many consumers read an episode of each data file in epoch 0 (the sharding plan, shuffled)."""
-    meta = open_dataset(root)
-    plan = plan_epoch({e.episode_index: e.length for e in meta.episodes}, seed=SEED, epoch=0, shuffle=True,
-                      num_consumers=num_consumers)
+def _readers_per_file(meta, plan) -> dict[str, int]:
+    """How many consumers read an episode of each data file in the plan's epoch."""
     out: dict[str, int] = {}
     for episodes in plan.episodes:
         for path in {meta.episode(int(i)).data_path for i in episodes}:
@@ -143,9 +140,9 @@ def test_one_shuffled_epoch_reads_each_row_group_once_and_each_footer_once_per_c
 
     meta = open_dataset(dataset)
     columns = EpisodeReader(meta).columns
-    readers = _readers_per_file(dataset, max(1, num_workers))
     plan = plan_epoch({e.episode_index: e.length for e in meta.episodes}, seed=SEED, epoch=0, shuffle=True,
-                      num_consumers=max(1, num_workers))
+                      num_consumers=max(1, num_workers))  # epoch 0's deal, as the loader makes it
+    readers = _readers_per_file(meta, plan)
     pieces = Counter(p.episode for share in plan.pieces for p in share)  # an episode split between consumers: 2
     largest = max(_footer_length(dataset / path) for path in sizes) - TRAILER_BYTES
     for path, size in sizes.items():

@@ -106,8 +106,9 @@ class EpisodePool(BaseNode[Frame]):
         return {"pool_size": self.pool_size, "seed": self.seed, "order_seed": self.order_seed, "shuffle": self.shuffle}
 
     def _admit(self, episode: Episode, piece: Piece | None = None) -> None:
-        ref = episode.ref
-        piece = Piece(*ref.part) if piece is None and ref.part is not None else piece or Piece.whole(ref.episode_index, ref.length)
+        if piece is None:  # admitted from the source: the part ShardSource gave it, or every frame
+            ref = episode.ref
+            piece = Piece(*ref.part) if ref.part is not None else Piece.whole(ref.episode_index, ref.length)
         order = frame_order(
             piece.stop - piece.start, seed=self.order_seed, epoch=self.epoch or 0, episode_index=piece.episode,
             shuffle=self.shuffle, start=piece.start,

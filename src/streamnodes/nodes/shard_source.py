@@ -15,7 +15,7 @@ from torchdata.nodes import BaseNode
 from streamnodes.distributed import Consumer, current_consumer
 from streamnodes.format.metadata import DatasetMeta, EpisodeRef
 from streamnodes.nodes._state import check_config, next_epoch, require_keys
-from streamnodes.sharding import EpochPlan, Piece, epoch_share, plan_epoch, split_pieces
+from streamnodes.sharding import Piece, Remainder, epoch_share
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,8 @@ class ShardSource(BaseNode[EpisodeRef]):
     ``part`` says which frames are this consumer's (the pool draws only those). ``shuffle=False`` keeps
     storage order.
 
-    ``remainder``: ``(epoch, pieces)`` of an elastic resume (docs/checkpointing.md); in that epoch the
-    pieces are dealt over the consumers instead of the epoch's own plan.
+    ``remainder``: the undelivered rest of an epoch after an elastic resume (docs/checkpointing.md); in
+    that epoch its pieces are dealt over the consumers instead of the epoch's own plan.
 
     Epochs: the first ``reset()`` starts ``epoch``; each later ``reset()`` without a state starts
     the next one (as ``torchdata.nodes.Loader`` does between epochs). The epoch is in the state.
@@ -54,7 +54,7 @@ class ShardSource(BaseNode[EpisodeRef]):
         worker_id: int | None = None,
         num_workers: int | None = None,
         episodes: Sequence[int] | None = None,
-        remainder: tuple[int, Sequence[Piece]] | None = None,
+        remainder: Remainder | None = None,
     ) -> None:
         super().__init__()
         self.meta = meta
@@ -69,26 +69,16 @@ class ShardSource(BaseNode[EpisodeRef]):
         order = np.argsort(self._episodes, kind="stable")
         self._episodes, self._lengths = self._episodes[order], self._lengths[order]
         self.episode_subset = subset
-        self.remainder = (int(remainder[0]), tuple(Piece(*map(int, p)) for p in remainder[1])) if remainder else None
+        self.remainder = remainder
         self.epoch: int | None = None
         self._offset = 0
         self._mine: Sequence[Piece] = ()  # this consumer's pieces this epoch; refs are made one at a time
 
-    @property
-    def lengths(self) -> dict[int, int]:
-        """Episode index -> length of the episodes this source deals (made on demand)."""
-        return dict(zip(self._episodes.tolist(), self._lengths.tolist(), strict=True))
-
-    def plan(self, epoch: int) -> EpochPlan:
-        """Every consumer's pieces in ``epoch`` (the elastic remainder's deal in its epoch)."""
-        if self.remainder is not None and self.remainder[0] == epoch:
-            return EpochPlan.of(split_pieces(self.remainder[1], self.consumer.count))
-        return plan_epoch(self.lengths, seed=self.seed, epoch=epoch, shuffle=self.shuffle, num_consumers=self.consumer.count)
-
     def share(self, epoch: int) -> Sequence[Piece]:
-        """This consumer's pieces in ``epoch``: from numpy columns for a fresh epoch (no object per episode)."""
-        if self.remainder is not None and self.remainder[0] == epoch:
-            return self.plan(epoch).pieces[self.consumer.id]
+        """This consumer's pieces in ``epoch``: the remainder's deal in its epoch, else the epoch's own
+        deal made from the episode columns (no object per episode)."""
+        if self.remainder is not None and self.remainder.epoch == epoch:
+            return self.remainder.deal(self.consumer.count)[self.consumer.id]
         return epoch_share(
             self._episodes, self._lengths, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
             num_consumers=self.consumer.count, consumer=self.consumer.id,
@@ -112,9 +102,8 @@ class ShardSource(BaseNode[EpisodeRef]):
             check_config("ShardSource", initial_state[self.CONFIG_KEY], self._config())
         self.epoch = next_epoch(initial_state[self.EPOCH_KEY] if initial_state is not None else None, self.epoch, self.initial_epoch)
         self._offset = int(initial_state[self.OFFSET_KEY]) if initial_state is not None else 0
-        mine = self.share(self.epoch)
-        self._mine = mine
-        if not mine:
+        self._mine = self.share(self.epoch)
+        if not self._mine:
             msg = (
                 f"ShardSource: consumer {self.consumer.id} (rank {self.consumer.rank}, worker "
                 f"{self.consumer.worker_id}) has no frames in epoch {self.epoch}: {self.consumer.count} consumers "
@@ -143,8 +132,8 @@ class ShardSource(BaseNode[EpisodeRef]):
         )
 
 
-def _digest(remainder: tuple[int, tuple[Piece, ...]] | None) -> str | None:
+def _digest(remainder: Remainder | None) -> str | None:
     """A short fingerprint of an elastic remainder (a state saved in a re-dealt epoch needs the same one)."""
     if remainder is None:
         return None
-    return hashlib.sha256(repr(remainder).encode()).hexdigest()[:16]
+    return hashlib.sha256(repr(remainder.to_state()).encode()).hexdigest()[:16]

@@ -24,7 +24,7 @@ from streamnodes.nodes import (
 )
 from streamnodes.recipes.config import StreamConfig
 from streamnodes.rng import derive_seed
-from streamnodes.sharding import EpochPlan, Piece, equal_rank_quota, plan_epoch, split_pieces
+from streamnodes.sharding import EpochPlan, Remainder, equal_rank_quota, plan_epoch
 from streamnodes.windows import delta_indices
 
 GraphConfig = StreamConfig  # the name of the first releases
@@ -67,8 +67,8 @@ class LeRobotGraph:
         self.config = config
         self.batch_in_graph = bool(batch_in_graph and config.batch_size is not None)
         self.pin_memory = bool(pin_memory)
-        #: ``(epoch, pieces)``: the undelivered rest of an epoch to deal instead of its plan (elastic resume)
-        self.remainder: tuple[int, tuple[Piece, ...]] | None = None
+        #: the undelivered rest of an epoch, dealt in that epoch instead of its plan (elastic resume)
+        self.remainder: Remainder | None = None
 
     def lengths(self) -> dict[int, int]:
         eps = self.config.episodes
@@ -76,8 +76,8 @@ class LeRobotGraph:
 
     def plan(self, epoch: int, num_consumers: int) -> EpochPlan:
         """Every consumer's pieces in ``epoch`` (in an elastic resume's epoch: its remainder, dealt anew)."""
-        if self.remainder is not None and self.remainder[0] == epoch:
-            return EpochPlan.of(split_pieces(self.remainder[1], num_consumers))
+        if self.remainder is not None and self.remainder.epoch == epoch:
+            return EpochPlan.of(self.remainder.deal(num_consumers))
         return plan_epoch(
             self.lengths(), seed=self.config.seed, epoch=epoch, shuffle=self.config.shuffle, num_consumers=num_consumers
         )

@@ -19,9 +19,8 @@ from streamnodes.recipes.config import StreamConfig
 from streamnodes.recipes.elastic import SavedRank, epoch_remainder
 from streamnodes.recipes.graph import LeRobotGraph
 from streamnodes.recipes.mixture import MixtureGraph, Source, build_mixture_graph
-from streamnodes.recipes.state import EPOCH_KEY as EPOCH_KEY_
-from streamnodes.recipes.state import STATE_VERSION, check_header, dataset_states, write_header
-from streamnodes.sharding import Piece
+from streamnodes.recipes.state import EPOCH_KEY, STATE_VERSION, check_header, dataset_states, write_header
+from streamnodes.sharding import Remainder
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +87,8 @@ class StreamLoader(StatefulDataLoader):
         inner = super().state_dict()
         finished = bool(self._iterator is not None and getattr(self._iterator, "_finished", False))
         header = write_header(self.epoch, TOPOLOGY_KEY, self._topology(), self.dataset.config_fingerprint)
-        remainder = getattr(self.graph, "remainder", None)
-        saved_remainder = [remainder[0], [list(p) for p in remainder[1]]] if remainder and remainder[0] == self.epoch else None
+        remainder = getattr(self.graph, "remainder", None)  # a mixture has none
+        saved_remainder = remainder.to_state() if remainder is not None and remainder.epoch == self.epoch else None
         return {
             STATE_KEY: {
                 **header, "epoch_finished": finished, DATASET_KEY: self._dataset_identity(), REMAINDER_KEY: saved_remainder,
@@ -150,12 +149,11 @@ class StreamLoader(StatefulDataLoader):
             meta = state[STATE_KEY]
             if meta.get("version") == STATE_VERSION:  # an older version is refused below, saying so
                 self._check_dataset(meta.get(DATASET_KEY))
-        headers = [s[STATE_KEY] for s in states]
-        mine = [h for h, s in zip(headers, states, strict=True) if h.get(TOPOLOGY_KEY) == self._topology()]
-        saved_world = headers[0].get(TOPOLOGY_KEY, [None, None])[1]
-        if len(states) == 1 and not mine and saved_world != 1:
+        own = [state for state in states if state[STATE_KEY].get(TOPOLOGY_KEY) == self._topology()]
+        saved_world = states[0][STATE_KEY].get(TOPOLOGY_KEY, [None, None])[1]
+        if len(states) == 1 and not own and saved_world != 1:
             check_header(  # a single rank's state into another topology: refused, saying what to pass
-                headers[0], TOPOLOGY_KEY, self._topology(), self.dataset.config_fingerprint,
+                states[0][STATE_KEY], TOPOLOGY_KEY, self._topology(), self.dataset.config_fingerprint,
                 names=("rank", "world_size", "num_workers"),
                 remedy=(
                     "Restore each rank's own state file with the world size and num_workers it was saved with, or pass "
@@ -163,8 +161,8 @@ class StreamLoader(StatefulDataLoader):
                     "the rest of the epoch over this topology (docs/checkpointing.md)."
                 ),
             )
-        if len(mine) == 1 and headers[0].get(TOPOLOGY_KEY, [0, 0, 0])[1] == self.dataset.world_size:
-            self._load_own(states[headers.index(mine[0])])
+        if len(own) == 1:
+            self._load_own(own[0])
         else:
             self._load_elastic(states)
 
@@ -176,8 +174,7 @@ class StreamLoader(StatefulDataLoader):
             remedy="Each rank restores its own state file, with the world size and num_workers it was saved with.",
         )
         if isinstance(self.graph, LeRobotGraph):
-            saved = meta.get(REMAINDER_KEY)
-            self.graph.remainder = (int(saved[0]), tuple(Piece(*p) for p in saved[1])) if saved else None
+            self.graph.remainder = Remainder.from_state(meta.get(REMAINDER_KEY))
         self._resume_epoch = int(meta["epoch"]) + (1 if meta.get("epoch_finished") else 0)
         self.epoch = self._resume_epoch  # what the next iter() yields from
         super().load_state_dict(state_dict[LOADER_KEY])
@@ -192,7 +189,7 @@ class StreamLoader(StatefulDataLoader):
             )
         headers = [s[STATE_KEY] for s in states]
         for h in headers:  # version and stream configuration, whatever the topology
-            check_header(h, TOPOLOGY_KEY, h.get(TOPOLOGY_KEY, []), self.dataset.config_fingerprint, names=(), remedy="")
+            check_header(h, TOPOLOGY_KEY, None, self.dataset.config_fingerprint)
         topologies = [list(h[TOPOLOGY_KEY]) for h in headers]
         world, workers = topologies[0][1], topologies[0][2]
         ranks = sorted(t[0] for t in topologies)
@@ -202,7 +199,7 @@ class StreamLoader(StatefulDataLoader):
                 f"[rank, world_size, num_workers] = {sorted(topologies)}; a run with world_size {world} has ranks "
                 f"0..{world - 1}. Pass every rank's loader.state_dict() (one file per rank)."
             )
-        epochs = {int(h[EPOCH_KEY_]) for h in headers}
+        epochs = {int(h[EPOCH_KEY]) for h in headers}
         remainders = {repr(h.get(REMAINDER_KEY)) for h in headers}
         if len(epochs) != 1 or len(remainders) != 1:
             raise StateError(
@@ -210,9 +207,7 @@ class StreamLoader(StatefulDataLoader):
                 "states every rank saved at the same step."
             )
         epoch = epochs.pop()
-        saved_remainder = headers[0].get(REMAINDER_KEY)
-        old = self.graph.remainder
-        self.graph.remainder = (int(saved_remainder[0]), tuple(Piece(*p) for p in saved_remainder[1])) if saved_remainder else None
+        self.graph.remainder = Remainder.from_state(headers[0].get(REMAINDER_KEY))  # if that epoch was re-dealt
         plan = self.graph.plan(epoch, world * max(1, workers))  # the saved epoch's shares over the OLD consumers
         saved_ranks = [
             SavedRank(
@@ -222,12 +217,9 @@ class StreamLoader(StatefulDataLoader):
             for h, s in zip(headers, states, strict=True)
         ]
         rest = epoch_remainder(saved_ranks, plan)
-        if rest:
-            self.graph.remainder = (epoch, tuple(rest))
-            self._resume_epoch = epoch
-        else:  # the epoch was delivered (up to its trim): the next one follows this topology
-            self.graph.remainder = old if old is not None and old[0] > epoch else None
-            self._resume_epoch = epoch + 1
+        # nothing left (delivered up to its trim): the next epoch follows this topology
+        self.graph.remainder = Remainder(epoch, tuple(rest)) if rest else None
+        self._resume_epoch = epoch if rest else epoch + 1
         self.epoch = self._resume_epoch  # every consumer starts the (re-dealt) epoch fresh: no per-worker state
         log.info(
             "elastic resume: %d rank(s) x %d worker(s) saved in epoch %d -> %d rank(s) x %d worker(s): %d undelivered "

@@ -29,16 +29,17 @@ def write_header(epoch: int, topology_key: str, topology: Sequence[int], fingerp
 def check_header(
     saved: Mapping[str, Any],
     topology_key: str,
-    topology: Sequence[int],
+    topology: Sequence[int] | None,
     fingerprint: str,
     *,
-    names: Sequence[str],
-    remedy: str,
+    names: Sequence[str] = (),
+    remedy: str = "",
 ) -> None:
     """Raise :class:`StateError` when ``saved``'s version, topology or stream fingerprint differ from now's.
 
     ``names`` are the topology fields (e.g. ``("rank", "world_size", "worker", "num_workers")``), named
-    one by one where they differ; ``remedy`` says how to restore correctly.
+    one by one where they differ; ``remedy`` says how to restore correctly. ``topology=None`` checks the
+    version and fingerprint only (an elastic resume takes states of any topology).
     """
     version = saved.get(VERSION_KEY)
     if version != STATE_VERSION:
@@ -46,9 +47,9 @@ def check_header(
             f"the loader state has version {version!r}; this streamnodes writes version {STATE_VERSION}. "
             "States do not carry over between these versions: start the data stream fresh."
         )
-    now = list(topology)
+    now = list(topology) if topology is not None else None
     before = saved.get(topology_key)
-    if before != now:
+    if now is not None and before != now:
         diffs = ""
         if isinstance(before, list) and len(before) == len(now):
             diffs = " (" + ", ".join(f"{n} saved {a}, now {b}" for n, a, b in zip(names, before, now, strict=True) if a != b) + ")"

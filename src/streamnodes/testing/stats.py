@@ -13,17 +13,7 @@ _IMAGE_STATS_FRAMES = 16  # frames per episode sampled for image statistics
 
 def _stats(values: np.ndarray, *, keep_int: bool) -> dict[str, np.ndarray]:
     """Per-column statistics of ``values [N, D]``; min/max keep the integer type when ``keep_int``."""
-    as_float = values.astype(np.float64)
-    stats: dict[str, np.ndarray] = {
-        "min": values.min(axis=0) if keep_int else as_float.min(axis=0),
-        "max": values.max(axis=0) if keep_int else as_float.max(axis=0),
-        "mean": as_float.mean(axis=0),
-        "std": as_float.std(axis=0),
-        "count": np.array([len(values)], dtype=np.int64),
-    }
-    for q, v in zip(QUANTILES, np.quantile(as_float, QUANTILES, axis=0), strict=True):
-        stats[f"q{round(q * 100):02d}"] = v
-    return stats
+    return {key: value[0] for key, value in _stats_stacked(values[None], keep_int=keep_int).items()}
 
 
 def _stats_stacked(values: np.ndarray, *, keep_int: bool) -> dict[str, np.ndarray]:
