@@ -1,10 +1,10 @@
-"""Footer work at scale (issue 17): what open_dataset's check reads from a footer, the footer bytes a
-consumer keeps, and how many parsed footers its open files hold. Counts and values, never times."""
+"""Footer work at scale (issue 17): what open_dataset's check reads from a footer, what a consumer keeps
+of each footer, what it parses to admit an episode, and how many files it keeps open. Counts and
+values, never times."""
 
 from __future__ import annotations
 
 import io
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from streamnodes.errors import DatasetConsistencyError
-from streamnodes.format import open_dataset, read_episode_columns
-from streamnodes.format.reader import (
-    PARSED_PER_FOOTER_BYTE,
-    ParquetFileCache,
-    footer_bytes,
-    pack_footer,
-    parse_footer,
-    unpack_footer,
-)
+from streamnodes.format import open_dataset, read_episode_columns, reader
+from streamnodes.format.reader import ParquetFileCache, footer_bytes, parse_footer
 from streamnodes.format.validate import row_group_facts
 from streamnodes.testing import write_dataset
 
@@ -103,40 +96,55 @@ def test_footer_bytes_are_exactly_the_files_footer_whatever_the_first_read(tmp_p
         assert parse_footer(raw).equals(md)
 
 
-def test_kept_footer_bytes_pack_small_and_unpack_equal(tmp_path: Path) -> None:
-    root = write_dataset(tmp_path / "ds", episode_lengths=[3] * 300, cameras=None, data_files_size_in_mb=0.05)
-    for path in sorted(root.rglob("data/*/*.parquet")):
-        with open(path, "rb") as f:
-            raw = footer_bytes(f)
-        packed = pack_footer(raw)
-        assert len(packed) < len(raw) / 3
-        assert unpack_footer(packed).equals(pq.read_metadata(path))
-        assert unpack_footer(b"z" + zlib.compress(raw)).equals(pq.read_metadata(path))  # pyarrow without zstd
-
-
-def test_open_files_hold_a_bounded_amount_of_parsed_footer(tmp_path: Path) -> None:
-    """At most ``max_open`` files, and at most ``max_parsed_bytes`` of parsed footer (estimated from the
-    footer's size), but always the file being read; every footer is still read from its file once."""
+def test_open_files_are_bounded_and_each_footer_is_read_once(tmp_path: Path) -> None:
+    """At most ``max_open`` files open, the one being read last; every footer is read from its file once,
+    whatever was closed in between."""
     root = write_dataset(tmp_path / "ds", episode_lengths=[2] * 400, cameras=None, data_files_size_in_mb=0.01)
     meta = open_dataset(root)
     files = meta.episodes.data_files
     assert len(files) >= 6
     first_of = {path: meta.episodes.ref(int(np.flatnonzero(meta.episodes.data_file == k)[0])) for k, path in enumerate(files)}
-    sizes = {path: pq.read_metadata(root / path).serialized_size for path in files}
-    two = (sizes[files[0]] + sizes[files[1]]) * PARSED_PER_FOOTER_BYTE
-    for budget, max_open, most_open in ((1, 4, 1), (two, 4, 2), (10**12, 4, 4), (10**12, 3, 3)):
-        cache = ParquetFileCache(meta, max_open=max_open, max_parsed_bytes=budget)
+    for max_open in (1, 3, 4):
+        cache = ParquetFileCache(meta, max_open=max_open)
         seen = 0
         for _ in range(2):
             for path in files:
                 read_episode_columns(meta, first_of[path], ["index"], cache)
                 assert cache.open_paths[-1] == path
                 seen = max(seen, len(cache.open_paths))
-                assert len(cache.open_paths) == 1 or cache.parsed_bytes() <= budget
-        assert seen == most_open, (budget, max_open)
+        assert seen == max_open
         assert cache.footer_reads == len(files)  # closed files keep their footers
+        assert f"{len(files)} footers indexed" in repr(cache)
         cache.close()
         assert cache.open_paths == ()
+
+
+def test_admitting_an_episode_parses_one_row_group_whatever_the_file_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every footer a consumer parses lists one row group, of the same size in a file of 10 row groups as
+    in one of 1,000: the cost of admitting an episode does not grow with its file (issue 17)."""
+    parsed: list[tuple[int, int]] = []
+
+    def counting_parse(footer: bytes) -> pq.FileMetaData:
+        md = parse_footer(footer)
+        parsed.append((md.num_row_groups, len(footer)))
+        return md
+
+    monkeypatch.setattr(reader, "parse_footer", counting_parse)
+    sizes = {}
+    for episodes in (10, 1000):
+        root = write_dataset(tmp_path / f"ds{episodes}", episode_lengths=[2] * episodes, cameras=None)
+        meta = open_dataset(root)
+        assert pq.read_metadata(root / meta.episodes.data_files[0]).num_row_groups == episodes
+        cache = ParquetFileCache(meta)
+        parsed.clear()
+        for e in (0, episodes // 2, episodes - 1):
+            got = read_episode_columns(meta, meta.episode(e), ["index", "observation.state"], cache)
+            np.testing.assert_array_equal(got["index"], [2 * e, 2 * e + 1])
+        assert [n for n, _ in parsed] == [1, 1, 1] and cache.footer_reads == 1
+        sizes[episodes] = max(size for _, size in parsed)
+    assert sizes[1000] <= sizes[10] + 32  # varints of larger offsets; the full footer is ~100x larger
 
 
 class _CountingFile(io.BytesIO):

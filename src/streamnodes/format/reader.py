@@ -1,17 +1,17 @@
 """Reading one episode's rows: exactly one row group of one data file, only the columns asked for.
 
-Remote files cost what an episode needs: a footer is fetched once per consumer (exactly its bytes,
-:func:`read_footer`) and kept by :class:`ParquetFileCache` after the file is closed, and a row group is
-one ranged read of its column chunks' span (:func:`row_group_span`), parsed from memory.
+A footer is read once per consumer (exactly its bytes, :func:`footer_bytes`) and kept by
+:class:`ParquetFileCache` as an index of its row groups (:mod:`streamnodes.format.footer_index`), so
+admitting an episode parses one row group's metadata, never the whole footer again. Remote files cost
+what an episode needs: a row group is one ranged read of its column chunks' span
+(:func:`row_group_span`), parsed from memory.
 """
 
 from __future__ import annotations
 
 import io
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streamnodes.errors import DatasetConsistencyError, DatasetFormatError, check_hint
+from streamnodes.format.footer_index import FooterError, FooterIndex, index_footer
 from streamnodes.format.retry import RetryingRangeFile, SizedReader
 
 if TYPE_CHECKING:
@@ -203,140 +204,98 @@ def open_parquet(meta: DatasetMeta, relative_path: str, metadata: pq.FileMetaDat
     return _parse(meta, relative_path, _open_handle(meta, relative_path), metadata, 0)[0]
 
 
-@dataclass
-class _OpenFile:
-    pf: pq.ParquetFile
-    handle: RetryingRangeFile | None  # remote files: row groups are read through it
-
-
-_ZSTD = pa.Codec("zstd", compression_level=1) if pa.Codec.is_available("zstd") else None
-
-
-def pack_footer(footer: bytes | pq.FileMetaData) -> bytes:
-    """A footer (its bytes as stored, :func:`footer_bytes`, or parsed) as compact bytes for :func:`unpack_footer`.
-
-    zstd level 1 (zlib level 1 where pyarrow lacks zstd): a LeRobot-sized footer of 1,149 row groups is
-    817 KB of thrift, 84 KB packed, in ~0.7 ms (zlib: 115 KB in ~2.5 ms); parsed it holds ~7 MB.
-    """
-    if isinstance(footer, pq.FileMetaData):
-        sink = pa.BufferOutputStream()
-        footer.write_metadata_file(sink)
-        footer = sink.getvalue().to_pybytes()
-    if _ZSTD is None:
-        return b"z" + zlib.compress(footer, 1)
-    return b"Z" + len(footer).to_bytes(8, "little") + _ZSTD.compress(footer, asbytes=True)
-
-
-def unpack_footer(packed: bytes) -> pq.FileMetaData:
-    """The footer :func:`pack_footer` packed, parsed again (no I/O)."""
-    if packed[:1] == b"z":
-        return parse_footer(zlib.decompress(packed[1:]))
-    size = int.from_bytes(packed[1:9], "little")
-    assert _ZSTD is not None  # b"Z" is written only by pack_footer in this process, where pyarrow has zstd
-    return parse_footer(_ZSTD.decompress(packed[9:], size, asbytes=True))
-
-
-#: Parsed footers (pyarrow's FileMetaData) take about this many bytes of memory per byte of footer: a footer
-#: of 1,149 row groups (817 KB) parses into ~7 MB, one of 11,508 row groups (8.2 MB) into ~70 MB.
-PARSED_PER_FOOTER_BYTE = 8
-#: Open files of one :class:`ParquetFileCache` keep at most this much parsed footer (estimated), and always
-#: one file: four files of ~1,000 row groups, one of ~12,000 (each DataLoader worker has its own cache).
-PARSED_FOOTERS_BUDGET = 32 * 2**20
-
-
 class ParquetFileCache:
-    """Open parquet files (a small LRU) and every footer read so far, for one consumer.
+    """The data files one consumer reads: each footer read once and indexed, a few files open.
 
-    Footers are kept after their file leaves the LRU, so a file opened again fetches (remote) or reads
-    (local) no footer: each footer is read from its file once per cache. They are kept as read from the
-    file, compressed (:func:`pack_footer`): a parsed footer of 1,149 row groups holds ~7 MB in memory, its
-    packed bytes 84 KB (parsing them again costs ~6 ms), so a worker of a 100k-episode dataset keeps
-    ~7 MB of footers instead of hundreds. Only the open files' footers are parsed, and they are bounded
-    twice: at most ``max_open`` files, and at most ``max_parsed_bytes`` of parsed footers (estimated,
-    :data:`PARSED_PER_FOOTER_BYTE`), keeping at least one file open: a data file of ~12,000 row groups
-    parses into ~70 MB, so four of them open would cost a worker ~300 MB.
-    Remote row groups are read with one ranged request each (:meth:`read_row_group`).
+    A footer is read from its file the first time the file is used (:func:`footer_bytes`: exactly its
+    bytes, remote in one or two requests) and kept as a :class:`FooterIndex`: each row group's metadata
+    as bytes, compressed (~115 KB for a LeRobot-sized footer of 1,149 row groups, 817 KB as stored, which
+    pyarrow would parse into ~7 MB). Reading a row group parses a footer that lists only that row group
+    (:meth:`FooterIndex.row_group_footer`, ~0.1 ms whatever the number of row groups in the file), never
+    the whole footer again, so admitting an episode costs the same in a file of 1,000 row groups as in
+    one of 12,000. At most ``max_open`` files stay open (least recently used closed first); a file opened
+    again reads no footer. Remote row groups are one ranged request each (:meth:`read_row_group`).
     """
 
-    def __init__(self, meta: DatasetMeta, max_open: int = 4, max_parsed_bytes: int = PARSED_FOOTERS_BUDGET) -> None:
+    def __init__(self, meta: DatasetMeta, max_open: int = 4) -> None:
         self.meta = meta
         self.max_open = max_open
-        self.max_parsed_bytes = max_parsed_bytes
-        self._open: OrderedDict[str, _OpenFile] = OrderedDict()
-        self._footers: dict[str, bytes] = {}  # packed (pack_footer) per data file
-        self._footer_sizes: dict[str, int] = {}  # serialized size of each kept footer
+        self._open: OrderedDict[str, RetryingRangeFile | io.IOBase] = OrderedDict()
+        self._indexes: dict[str, FooterIndex] = {}
         self._largest_footer = 0
-        self.footer_reads = 0  # footers parsed from their file (each file: once)
+        self.footer_reads = 0  # footers read from their file (each file: once)
+
+    def __repr__(self) -> str:
+        return (
+            f"ParquetFileCache({self.meta.root!s}, {len(self._indexes)} footers indexed "
+            f"({self.index_bytes() / 2**20:.1f} MiB), open={list(self._open)})"
+        )
 
     @property
     def open_paths(self) -> tuple[str, ...]:
         """The data files open now, least recently used first."""
         return tuple(self._open)
 
-    def parsed_bytes(self) -> int:
-        """Estimated memory of the open files' parsed footers (:data:`PARSED_PER_FOOTER_BYTE` per byte)."""
-        return sum(self._footer_sizes.get(path, 0) for path in self._open) * PARSED_PER_FOOTER_BYTE
+    def index_bytes(self) -> int:
+        """Memory held by the footer indexes (approximately)."""
+        return sum(index.nbytes() for index in self._indexes.values())
 
-    def _evict(self, incoming: int) -> None:
-        """Close least recently used files until one more (of ``incoming`` footer bytes) fits both limits."""
-        while self._open and (
-            len(self._open) + 1 > self.max_open
-            or self.parsed_bytes() + incoming * PARSED_PER_FOOTER_BYTE > self.max_parsed_bytes
-        ):
-            _, old = self._open.popitem(last=False)
-            _close(old)
-
-    def _entry(self, relative_path: str) -> _OpenFile:
-        entry = self._open.get(relative_path)
-        if entry is not None:
+    def _handle(self, relative_path: str) -> RetryingRangeFile | io.IOBase:
+        handle = self._open.get(relative_path)
+        if handle is not None:
             self._open.move_to_end(relative_path)
-            return entry
-        # Make room first, so an old parsed footer is freed before the new one is parsed.
-        self._evict(self._footer_sizes.get(relative_path, self._largest_footer))
+            return handle
+        while len(self._open) >= self.max_open:
+            self._open.popitem(last=False)[1].close()
         handle = _open_handle(self.meta, relative_path)
-        packed = self._footers.get(relative_path)
-        known = unpack_footer(packed) if packed is not None else None
-        pf, footer = _parse(self.meta, relative_path, handle, known, self._largest_footer)
-        if footer is not None:  # read from the file now: kept as read (packed), never serialized again
-            self.footer_reads += 1
-            self._footers[relative_path] = pack_footer(footer)
-            self._footer_sizes[relative_path] = pf.metadata.serialized_size
-            self._largest_footer = max(self._largest_footer, pf.metadata.serialized_size)
-        entry = _OpenFile(pf, handle if isinstance(handle, RetryingRangeFile) else None)
-        self._evict(self._footer_sizes[relative_path])  # the estimate was low (first footer of the dataset)
-        self._open[relative_path] = entry
-        return entry
+        self._open[relative_path] = handle
+        return handle
 
-    def get(self, relative_path: str) -> pq.ParquetFile:
-        """The open file (opened now if it is not; its footer parsed only the first time)."""
-        return self._entry(relative_path).pf
+    def index(self, relative_path: str) -> FooterIndex:
+        """The data file's footer index (its footer read and indexed now if this is its first use)."""
+        index = self._indexes.get(relative_path)
+        if index is None:
+            handle = self._handle(relative_path)
+            try:
+                index = index_footer(footer_bytes(handle, self._largest_footer))
+            except (FooterError, OSError) as e:
+                path = self.meta.url(relative_path)
+                raise DatasetFormatError(
+                    f"{path}: not a readable parquet file (corrupt or truncated footer: {e}). Re-download or "
+                    f"re-write it. {check_hint(self.meta.root)}",
+                    path=path,
+                ) from None
+            self.footer_reads += 1
+            self._largest_footer = max(self._largest_footer, index.footer_size - TRAILER_BYTES)
+            self._indexes[relative_path] = index
+        return index
+
+    def metadata(self, relative_path: str, row_group: int) -> pq.FileMetaData:
+        """The metadata of a data file that lists only row group ``row_group`` (as its row group 0)."""
+        return parse_footer(self.index(relative_path).row_group_footer(row_group))
 
     def read_row_group(self, relative_path: str, row_group: int, columns: Sequence[str]) -> pa.Table:
         """Row group ``row_group`` of a data file, projected to ``columns``.
 
-        Remote: one ranged read of the row group's byte span (:func:`row_group_span`), parsed from memory
-        with the kept footer. Local: pyarrow reads the file.
+        Remote: one ranged read of the row group's byte span (:func:`row_group_span`), parsed from memory.
+        Local: pyarrow reads the file.
         """
-        entry = self._entry(relative_path)
-        if entry.handle is None:
-            return entry.pf.read_row_group(row_group, columns=list(columns))
-        metadata = entry.pf.metadata
-        start, end = row_group_span(metadata, row_group, columns)
-        data = entry.handle.read_at(start, end - start)
-        span = _SpanFile(entry.handle, start, data)
-        return pq.ParquetFile(span, metadata=metadata, pre_buffer=False).read_row_group(row_group, columns=list(columns))
+        return self.read(relative_path, self.metadata(relative_path, row_group), columns)
+
+    def read(self, relative_path: str, metadata: pq.FileMetaData, columns: Sequence[str]) -> pa.Table:
+        """Row group 0 of ``metadata`` (:meth:`metadata`) from its data file, projected to ``columns``."""
+        handle = self._handle(relative_path)
+        if not isinstance(handle, RetryingRangeFile):
+            return pq.ParquetFile(handle, metadata=metadata).read_row_group(0, columns=list(columns))
+        start, end = row_group_span(metadata, 0, columns)
+        span = _SpanFile(handle, start, handle.read_at(start, end - start))
+        return pq.ParquetFile(span, metadata=metadata, pre_buffer=False).read_row_group(0, columns=list(columns))
 
     def close(self) -> None:
-        """Close the open files (footers stay known: reopening a file reads no footer)."""
-        for entry in self._open.values():
-            _close(entry)
+        """Close the open files (footers stay indexed: reopening a file reads no footer)."""
+        for handle in self._open.values():
+            handle.close()
         self._open.clear()
-
-
-def _close(entry: _OpenFile) -> None:
-    entry.pf.close(force=True)
-    if entry.handle is not None:
-        entry.handle.close()
 
 
 def read_episode_columns(
@@ -355,22 +314,24 @@ def read_episode_columns(
     files = files or ParquetFileCache(meta, max_open=1)
     path = meta.url(ref.data_path)
     try:
-        pf = files.get(ref.data_path)
-        if ref.row_group >= pf.metadata.num_row_groups:
+        index = files.index(ref.data_path)
+        if ref.row_group >= index.num_row_groups:
             raise DatasetConsistencyError(
                 f"{path}: episode {ref.episode_index} should be row group {ref.row_group}, but the file has "
-                f"{pf.metadata.num_row_groups} row groups. Repair it with streamnodes.format.rewrite_row_groups "
+                f"{index.num_row_groups} row groups. Repair it with streamnodes.format.rewrite_row_groups "
                 "or re-write the episodes table.",
                 path=path, episode_index=ref.episode_index,
             )
-        missing = [c for c in wanted if c not in pf.schema_arrow.names]
+        metadata = files.metadata(ref.data_path, ref.row_group)
+        names = metadata.schema.to_arrow_schema().names
+        missing = [c for c in wanted if c not in names]
         if missing:
             raise DatasetFormatError(
                 f"{path}: episode {ref.episode_index}: columns {missing} are not in the data file "
-                f"(it has {pf.schema_arrow.names}). Ask only for features of this dataset.",
+                f"(it has {names}). Ask only for features of this dataset.",
                 path=path, episode_index=ref.episode_index,
             )
-        table = files.read_row_group(ref.data_path, ref.row_group, wanted)  # remote: one retried ranged read
+        table = files.read(ref.data_path, metadata, wanted)  # remote: one retried ranged read
     except (pa.ArrowInvalid, OSError) as e:
         raise DatasetFormatError(
             f"{path}: episode {ref.episode_index} (row group {ref.row_group}) cannot be read ({e}). "
@@ -391,11 +352,11 @@ def read_episode_columns(
         feature = meta.features.get(name)
         shape = feature.shape if feature is not None else ()
         out[name] = column_to_numpy(table.column(name), shape)
-    index = out["index"]
-    if index[0] != ref.dataset_from_index or index[-1] != ref.dataset_to_index - 1:
+    global_index = out["index"]
+    if global_index[0] != ref.dataset_from_index or global_index[-1] != ref.dataset_to_index - 1:
         raise DatasetConsistencyError(
             f"{path}: episode {ref.episode_index} (row group {ref.row_group}) holds global index "
-            f"{index[0]}..{index[-1]}, but the episodes table says [{ref.dataset_from_index}, {ref.dataset_to_index}). "
+            f"{global_index[0]}..{global_index[-1]}, but the episodes table says [{ref.dataset_from_index}, {ref.dataset_to_index}). "
             "Re-write the episodes table or repair the data file with rewrite_row_groups.",
             path=path, episode_index=ref.episode_index,
         )
