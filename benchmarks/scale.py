@@ -11,7 +11,8 @@ worker memory). For each, every measure runs in a fresh Python process:
 - ``resume``: a state taken at 90% of epoch 0 (0 workers): its pickled size, and the time a fresh
   loader takes to restore it and yield the next batch.
 
-Usage: ``python benchmarks/scale.py`` (``--episodes N`` for another size; ``--write-only``;
+Usage: ``python benchmarks/scale.py`` (``--episodes N`` for another size; ``--large`` adds a dataset of
+1,000,000 episodes in 2 MB files, measured once, with the writer's time; ``--write-only``;
 ``--repeats N``; ``--resume-mb 2 20``). Open and loader measures run ``--repeats`` times (medians
 printed, every run and the machine's load average written to ``benchmarks/results/scale/scale.json``).
 Timings on a shared machine are noisy: CPU seconds are recorded next to wall seconds.
@@ -39,7 +40,8 @@ log = logging.getLogger("benchmarks.scale")
 
 
 def dataset(episodes: int, size_mb: float) -> Path:
-    """The cached dataset of ``episodes`` episodes of ``FRAMES`` frames (written on first use)."""
+    """The cached dataset of ``episodes`` episodes of ``FRAMES`` frames (written on first use; how long
+    the writer took is kept next to it, ``<root>.written.json``)."""
     from streamnodes.testing import write_dataset
 
     root = CACHE / f"scale_{episodes}x{FRAMES}_{size_mb:g}mb"
@@ -47,8 +49,15 @@ def dataset(episodes: int, size_mb: float) -> Path:
         start = time.perf_counter()
         cpu = time.process_time()
         write_dataset(root, episode_lengths=[FRAMES] * episodes, cameras=None, data_files_size_in_mb=size_mb, overwrite=True)
-        print(f"wrote {root.name}: {time.perf_counter() - start:.1f} s wall, {time.process_time() - cpu:.1f} s CPU", flush=True)
+        written = {"write_s": round(time.perf_counter() - start, 1), "write_cpu_s": round(time.process_time() - cpu, 1),
+                   "bytes": sum(f.stat().st_size for f in root.rglob("*") if f.is_file())}
+        _written(root).write_text(json.dumps(written) + "\n")
+        print(f"wrote {root.name}: {written}", flush=True)
     return root
+
+
+def _written(root: Path) -> Path:
+    return root.with_name(root.name + ".written.json")
 
 
 def _rss_mb(process=None) -> float:  # noqa: ANN001 - psutil.Process
@@ -178,9 +187,12 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100_000)
     parser.add_argument("--write-only", action="store_true")
     parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs of each open and loader measure")
-    parser.add_argument("--resume-mb", type=float, nargs="*", default=[2],
+    parser.add_argument("--resume-mb", type=float, nargs="*", default=[2, 20],
                         help="layouts (MB per data file) whose 90%% resume is measured; it walks the epoch with "
-                             "0 workers, ~1 h for 20 MB files (each admission parses a 12,000-row-group footer)")
+                             "0 workers (~2 min per 100,000 episodes of 10 frames)")
+    parser.add_argument("--large", type=int, nargs="?", const=1_000_000, default=None,
+                        help="also a dataset of this many episodes (default 1,000,000) in 2 MB files: written "
+                             "(timed), opened, loaded, resumed at 90%% (one run each; ~25 min)")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -197,18 +209,24 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     tiny = dataset(TINY, 2)
     roots = {mb: dataset(args.episodes, mb) for mb in (2, 20)}
+    large = dataset(args.large, 2) if args.large else None
     if args.write_only:
         return
     results: dict = {"machine": {"cpus": os.cpu_count(), "load_1_5_15_at_start": [round(x, 2) for x in os.getloadavg()]},
                      "repeats": args.repeats, "batch_size": BATCH, "frames_per_episode": FRAMES, "datasets": {}}
     layouts = [(f"tiny ({TINY} episodes)", tiny, None), *((f"{args.episodes}x{FRAMES}, {mb:g} MB files", root, mb)
                                                         for mb, root in roots.items())]
+    if large is not None:
+        layouts.append((f"{args.large}x{FRAMES}, 2 MB files", large, 2))
     for name, root, mb in layouts:
         entry = results["datasets"][name] = {"root": root.name}
-        entry["open"] = _repeat(args.repeats, "open", str(root))
+        if _written(root).is_file():
+            entry["written"] = json.loads(_written(root).read_text())
+        repeats = 1 if root == large else args.repeats
+        entry["open"] = _repeat(repeats, "open", str(root))
         print(f"{name}: open {entry['open']['median']}", flush=True)
         for workers in (0, 2):
-            entry[f"loader_{workers}_workers"] = got = _repeat(args.repeats, "loader", str(root), str(workers))
+            entry[f"loader_{workers}_workers"] = got = _repeat(repeats, "loader", str(root), str(workers))
             print(f"{name}: loader {got['median']}", flush=True)
         if mb is not None and mb in args.resume_mb:
             entry["resume_at_90_percent"] = _repeat(1, "resume", str(root))

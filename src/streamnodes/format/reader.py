@@ -96,11 +96,6 @@ def parse_footer(footer: bytes) -> pq.FileMetaData:
     return pq.read_metadata(pa.BufferReader(footer))
 
 
-def read_footer(handle: RetryingRangeFile, largest_footer: int = 0) -> pq.FileMetaData:
-    """The parsed footer of the parquet file behind ``handle`` (:func:`footer_bytes`)."""
-    return parse_footer(footer_bytes(handle, largest_footer))
-
-
 def row_group_span(metadata: pq.FileMetaData, row_group: int, columns: Sequence[str] | None = None) -> tuple[int, int]:
     """Byte range ``[start, end)`` of row group ``row_group``'s column chunks (of ``columns``, default all).
 
@@ -165,43 +160,32 @@ def _open_handle(meta: DatasetMeta, relative_path: str) -> RetryingRangeFile | i
         ) from None
 
 
-def _parse(
-    meta: DatasetMeta, relative_path: str, handle, metadata: pq.FileMetaData | None, largest_footer: int  # noqa: ANN001
-) -> tuple[pq.ParquetFile, bytes | None]:
-    """The open file, and its footer's bytes when they were read here (``metadata`` not given).
-
-    The footer is read by :func:`footer_bytes` (exactly its bytes; remote: not pyarrow's speculative
-    64 KiB read) and parsed from memory, so a caller can keep the bytes instead of serializing the
-    parsed footer again.
-    """
-    try:
-        footer = None
-        if metadata is None:
-            footer = footer_bytes(handle, largest_footer)
-            metadata = parse_footer(footer)
-        return pq.ParquetFile(handle, metadata=metadata), footer
-    except (pa.ArrowInvalid, OSError) as e:
-        handle.close()
-        path = meta.url(relative_path)
-        raise DatasetFormatError(
-            f"{path}: not a readable parquet file (corrupt or truncated footer: {e}). Re-download or re-write it. "
-            f"{check_hint(meta.root)}",
-            path=path,
-        ) from None
-    except BaseException:
-        handle.close()
-        raise
+def _unreadable(meta: DatasetMeta, relative_path: str, error: Exception) -> DatasetFormatError:
+    path = meta.url(relative_path)
+    return DatasetFormatError(
+        f"{path}: not a readable parquet file (corrupt or truncated footer: {error}). Re-download or re-write it. "
+        f"{check_hint(meta.root)}",
+        path=path,
+    )
 
 
-def open_parquet(meta: DatasetMeta, relative_path: str, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
-    """Open a data file of ``meta`` and parse its footer (unless ``metadata`` is given), with errors that name the file.
+def open_parquet(meta: DatasetMeta, relative_path: str) -> pq.ParquetFile:
+    """Open a data file of ``meta`` and parse its whole footer, with errors that name the file.
 
     Remote files are read through :class:`~streamnodes.format.retry.RetryingRangeFile`: every ranged
     request is retried on transient failures, and :class:`DownloadError` names the URL when the
-    retries run out. Their footer is fetched by :func:`read_footer` (exactly its bytes, in two
+    retries run out. The footer is read by :func:`footer_bytes` (exactly its bytes, in one or two
     requests), not by pyarrow's speculative 64 KiB read.
     """
-    return _parse(meta, relative_path, _open_handle(meta, relative_path), metadata, 0)[0]
+    handle = _open_handle(meta, relative_path)
+    try:
+        return pq.ParquetFile(handle, metadata=parse_footer(footer_bytes(handle)))
+    except (pa.ArrowInvalid, OSError) as e:
+        handle.close()
+        raise _unreadable(meta, relative_path, e) from None
+    except BaseException:
+        handle.close()
+        raise
 
 
 class ParquetFileCache:
@@ -259,12 +243,7 @@ class ParquetFileCache:
             try:
                 index = index_footer(footer_bytes(handle, self._largest_footer))
             except (FooterError, OSError) as e:
-                path = self.meta.url(relative_path)
-                raise DatasetFormatError(
-                    f"{path}: not a readable parquet file (corrupt or truncated footer: {e}). Re-download or "
-                    f"re-write it. {check_hint(self.meta.root)}",
-                    path=path,
-                ) from None
+                raise _unreadable(self.meta, relative_path, e) from None
             self.footer_reads += 1
             self._largest_footer = max(self._largest_footer, index.footer_size - TRAILER_BYTES)
             self._indexes[relative_path] = index
