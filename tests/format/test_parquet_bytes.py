@@ -7,7 +7,6 @@ and requests, never timed.
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from streamnodes import DatasetFormatError, EpisodeReader, build_loader
 from streamnodes.format import ParquetFileCache, open_dataset, read_episode_columns
 from streamnodes.format.reader import TRAILER_BYTES, footer_bytes, footer_tail_size, row_group_span
+from streamnodes.format.retry import SizedReader
 from streamnodes.sharding import plan_epoch
 from streamnodes.testing import write_dataset
 from streamnodes.testing_http import serve_directory
@@ -78,30 +78,17 @@ def test_footer_tail_size_reads_only_the_trailer_until_a_footer_is_known() -> No
     assert footer_tail_size(4, 0) == 4
 
 
-class _LoggingFile(io.RawIOBase):
+class _LoggingFile(SizedReader):
     """A local file that records every read pyarrow makes (offset, length)."""
 
     def __init__(self, data: bytes) -> None:
         super().__init__()
-        self.data, self.pos, self.reads = data, 0, []
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: len(self.data)}[whence] + offset
-        return self.pos
+        self.data, self.size, self.reads = data, len(data), []
 
     def read(self, n: int = -1) -> bytes:
-        out = self.data[self.pos :] if n < 0 else self.data[self.pos : self.pos + n]
-        self.reads.append((self.pos, len(out)))
-        self.pos += len(out)
+        out = self.data[self._pos :] if n < 0 else self.data[self._pos : self._pos + n]
+        self.reads.append((self._pos, len(out)))
+        self._pos += len(out)
         return out
 
 

@@ -1,8 +1,7 @@
-"""Run in a fresh process by test_loader_resume.py: restore each saved loader state and print what follows.
+"""Run in a fresh process (:func:`assert_plan_resumes`): restore each saved loader state, print what follows.
 
-argv: dataset root, JSON of build_loader kwargs, then state files; or ``--plan PLAN.json`` where the
-plan is a list of ``{"root", "kwargs", "states": [state files]}`` (many loader configurations, one
-process start). Prints one JSON line per state, in order: the batches (lists of `index`) from the
+argv: ``--plan PLAN.json``, a list of ``{"root", "kwargs", "states": [state files]}`` (many loader
+configurations, one process start). Prints one JSON line per state, in order: the batches (lists of `index`) from the
 restored position to the end of epoch 1. A root that is a list is a mixture (items: paths, or dicts of
 ``Source`` fields); its batches are lists of ``[dataset_index, index]`` pairs.
 """
@@ -10,7 +9,9 @@ restored position to the end of epoch 1. A root that is a list is a mixture (ite
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -43,12 +44,22 @@ def sources(root):
     return root
 
 
+def assert_plan_resumes(plan: list[dict], expected: list[tuple[str, list]], plan_file: Path, timeout: int) -> None:
+    """Run this module on ``plan`` (written to ``plan_file``) in ONE fresh process; what each restored
+    state yields must equal its ``(label, batches)`` in ``expected``, in order."""
+    plan_file.write_text(json.dumps(plan))
+    out = subprocess.run([sys.executable, "-m", "tests.recipes.resume_child", "--plan", str(plan_file)],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == len(expected)
+    for (label, want), line in zip(expected, lines, strict=True):
+        assert json.loads(line) == want, f"resume at {label} diverged"
+
+
 def main() -> None:
-    if sys.argv[1] == "--plan":
-        with open(sys.argv[2]) as f:
-            plan = json.load(f)
-    else:
-        plan = [{"root": sys.argv[1], "kwargs": json.loads(sys.argv[2]), "states": sys.argv[3:]}]
+    with open(sys.argv[sys.argv.index("--plan") + 1]) as f:
+        plan = json.load(f)
     for entry in plan:
         for path in entry["states"]:
             loader = build_loader(sources(entry["root"]), **entry["kwargs"])

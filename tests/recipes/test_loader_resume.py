@@ -8,17 +8,13 @@ epoch; a fresh process restores each and must continue batch for batch as the un
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from streamnodes import build_loader
-from tests.recipes.resume_child import rest_of_run
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.recipes.resume_child import assert_plan_resumes, rest_of_run
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +68,8 @@ def test_resume_in_fresh_process(dataset, tmp_path, num_workers, batch_size) -> 
         path = tmp_path / f"{label}.pt"
         torch.save(state, path)
         files.append(str(path))
-    out = subprocess.run(
-        [sys.executable, "-m", "tests.recipes.resume_child", str(dataset), json.dumps(kwargs), *files],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = out.stdout.strip().splitlines()
-    assert len(lines) == len(picked)
-    for (label, k, _), line in zip(picked, lines, strict=True):
-        assert json.loads(line) == batches[k:], f"resume at {label} diverged"
+    plan = [{"root": str(dataset), "kwargs": kwargs, "states": files}]
+    assert_plan_resumes(plan, [(label, batches[k:]) for label, k, _ in picked], tmp_path / "plan.json", timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -119,15 +108,7 @@ def test_resume_in_fresh_process_at_every_position(tiny, tmp_path) -> None:
             files.append(str(path))
             expected.append((f"workers={num_workers} batch_size={batch_size} state {k}", batches[min(k, epoch0):]))
         plan.append({"root": str(tiny), "kwargs": kwargs, "states": files})
-    plan_file = tmp_path / "plan.json"
-    plan_file.write_text(json.dumps(plan))
-    out = subprocess.run([sys.executable, "-m", "tests.recipes.resume_child", "--plan", str(plan_file)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = out.stdout.strip().splitlines()
-    assert len(lines) == len(expected)
-    for (label, want), line in zip(expected, lines, strict=True):
-        assert json.loads(line) == want, f"resume at {label} diverged"
+    assert_plan_resumes(plan, expected, tmp_path / "plan.json", timeout=300)
 
 
 def test_resume_in_process_with_persistent_workers(dataset) -> None:

@@ -5,8 +5,6 @@ over HTTP (through the Prefetcher, in DataLoader workers)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +13,7 @@ import torch
 
 from streamnodes import Source, build_loader
 from streamnodes.testing import expected_action, expected_state, frame_identity, write_dataset
-from streamnodes.testing_http import serve_directory
-from tests.conftest import REF_ROOT
-from tests.recipes.test_loader_parity import CAM, _expected
+from tests.recipes.test_loader_parity import CAM, _expected, _source
 
 FPS = 20  # the generated dataset's rate; the reference is at 10 fps
 
@@ -27,15 +23,6 @@ def generated(tmp_path_factory) -> Path:
     """20 fps, the reference's camera name and size (48x64) plus a second camera of another size."""
     return write_dataset(tmp_path_factory.mktemp("mixp") / "ds", episode_lengths=[9, 14, 6], fps=FPS,
                          cameras={CAM: (48, 64), "observation.images.side": (32, 32)})
-
-
-@contextmanager
-def _reference(where: str) -> Iterator[str]:
-    if where == "local":
-        yield str(REF_ROOT)
-        return
-    with serve_directory(REF_ROOT) as server:
-        yield server.url
 
 
 def _generated_source(generated: Path, reference_config: dict, aligned: bool) -> Source:
@@ -63,7 +50,7 @@ def test_reference_samples_in_a_mixture_equal_lerobot(
     indices = reference_config["delta_indices"]
     lengths = [9, 14, 6]
     seen: dict[int, list[int]] = {0: [], 1: []}
-    with _reference(where) as root:
+    with _source(where) as root:
         loader = build_loader(
             [root, _generated_source(generated, reference_config, aligned=batch_size is not None)], weights=[0.5, 0.5],
             stop="all_exhausted", batch_size=batch_size, num_workers=num_workers, episode_pool_size=2, seed=4,

@@ -4,18 +4,13 @@ batch (same sources, same samples) to the end of the next epoch, with 0 and 2 wo
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from streamnodes import build_loader
 from tests.recipes.mixture_data import A_DELTAS, CAM, TOP, WRIST, write_a, write_b
-from tests.recipes.resume_child import batch_ids, rest_of_run, sources
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.recipes.resume_child import assert_plan_resumes, batch_ids, rest_of_run, sources
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +49,4 @@ def test_mixture_resumes_in_a_fresh_process_at_every_position(roots, tmp_path) -
             files.append(str(path))
             expected.append((f"workers={num_workers} batch_size={batch_size} stop={stop} state {k}", batches[min(k, epoch0):]))
         plan.append({"root": roots, "kwargs": kwargs, "states": files})
-    plan_file = tmp_path / "plan.json"
-    plan_file.write_text(json.dumps(plan))
-    out = subprocess.run([sys.executable, "-m", "tests.recipes.resume_child", "--plan", str(plan_file)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = out.stdout.strip().splitlines()
-    assert len(lines) == len(expected)
-    for (label, want), line in zip(expected, lines, strict=True):
-        assert json.loads(line) == want, f"resume at {label} diverged"
+    assert_plan_resumes(plan, expected, tmp_path / "plan.json", timeout=600)

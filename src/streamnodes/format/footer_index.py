@@ -242,17 +242,20 @@ class FooterIndex:
     def row_group_footer(self, i: int) -> bytes:
         """A complete footer (thrift, length, ``PAR1``) of the same file listing only row group ``i``
         (as row group 0): parsed by pyarrow, it reads that row group from the original file."""
-        group = self.row_group_bytes(i)
-        parts = [(fid, field_header(ttype, fid) + value) for fid, ttype, value in self.fields]
-        parts.append((NUM_ROWS, field_header(I64, NUM_ROWS) + zigzag(int(self.rows[i]))))
-        parts.append((ROW_GROUPS, field_header(LIST, ROW_GROUPS) + bytes([1 << 4 | STRUCT]) + group))
-        out = b"".join(part for _, part in sorted(parts, key=lambda p: p[0])) + b"\x00"
+        group = self.row_group_bytes(i)  # checks i
+        fields = b"".join(field_header(ttype, fid) + value for fid, ttype, value in self.fields)
+        out = (
+            fields  # long-form headers: valid in any order, so the rewritten fields simply follow
+            + field_header(I64, NUM_ROWS) + zigzag(int(self.rows[i]))
+            + field_header(LIST, ROW_GROUPS) + bytes([1 << 4 | STRUCT]) + group
+            + b"\x00"
+        )
         return out + len(out).to_bytes(4, "little") + _MAGIC
 
 
-def _split_row_groups(buf: Bytes, pos: int) -> tuple[list[int], list[int], int, int]:
+def _split_row_groups(buf: Bytes, pos: int) -> tuple[list[int], list[int], int]:
     """For the ``row_groups`` list at ``pos``: each row group's start (and the list's end as the last),
-    each one's ``num_rows``, the list's end and how many templates it took."""
+    each one's ``num_rows``, and how many templates it took."""
     header = buf[pos]
     size, elem, pos = header >> 4, header & 0x0F, pos + 1
     if size == 15:
@@ -281,7 +284,7 @@ def _split_row_groups(buf: Bytes, pos: int) -> tuple[list[int], list[int], int, 
                 templates.insert(0, re.compile(b"".join(pieces), re.DOTALL))
         rows.append(unzigzag(read_varint(buf, value)[0]))
         starts.append(pos)
-    return starts, rows, pos, len(templates)
+    return starts, rows, len(templates)
 
 
 def index_footer(footer: bytes) -> FooterIndex:
@@ -306,8 +309,8 @@ def index_footer(footer: bytes) -> FooterIndex:
             pos = start
             break
         if fid == ROW_GROUPS and ttype == LIST:
-            starts, row_counts, end, templates = _split_row_groups(buf, start)
-            first = starts[0]
+            starts, row_counts, templates = _split_row_groups(buf, start)
+            first, end = starts[0], starts[-1]
             offsets = [s - first for s in starts]
             groups = buf[first:end]
         else:
@@ -323,6 +326,5 @@ def index_footer(footer: bytes) -> FooterIndex:
     blocks = tuple(
         _compress(groups[array[b]: array[min(b + BLOCK, len(array) - 1)]]) for b in range(0, len(array) - 1, BLOCK)
     )
-    fields.sort(key=lambda f: f[0])
     rows = np.asarray(row_counts, dtype=np.int64)
     return FooterIndex(tuple(fields), array, rows, blocks, footer_size=len(footer), templates=templates)

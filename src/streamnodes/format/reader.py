@@ -198,7 +198,7 @@ class ParquetFileCache:
     (:meth:`FooterIndex.row_group_footer`, ~0.1 ms whatever the number of row groups in the file), never
     the whole footer again, so admitting an episode costs the same in a file of 1,000 row groups as in
     one of 12,000. At most ``max_open`` files stay open (least recently used closed first); a file opened
-    again reads no footer. Remote row groups are one ranged request each (:meth:`read_row_group`).
+    again reads no footer. Remote row groups are one ranged request each (:meth:`read`).
     """
 
     def __init__(self, meta: DatasetMeta, max_open: int = 4) -> None:
@@ -253,16 +253,12 @@ class ParquetFileCache:
         """The metadata of a data file that lists only row group ``row_group`` (as its row group 0)."""
         return parse_footer(self.index(relative_path).row_group_footer(row_group))
 
-    def read_row_group(self, relative_path: str, row_group: int, columns: Sequence[str]) -> pa.Table:
-        """Row group ``row_group`` of a data file, projected to ``columns``.
+    def read(self, relative_path: str, metadata: pq.FileMetaData, columns: Sequence[str]) -> pa.Table:
+        """Row group 0 of ``metadata`` (:meth:`metadata`) from its data file, projected to ``columns``.
 
         Remote: one ranged read of the row group's byte span (:func:`row_group_span`), parsed from memory.
         Local: pyarrow reads the file.
         """
-        return self.read(relative_path, self.metadata(relative_path, row_group), columns)
-
-    def read(self, relative_path: str, metadata: pq.FileMetaData, columns: Sequence[str]) -> pa.Table:
-        """Row group 0 of ``metadata`` (:meth:`metadata`) from its data file, projected to ``columns``."""
         handle = self._handle(relative_path)
         if not isinstance(handle, RetryingRangeFile):
             return pq.ParquetFile(handle, metadata=metadata).read_row_group(0, columns=list(columns))
