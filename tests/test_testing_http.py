@@ -87,6 +87,17 @@ def test_faults_are_seeded_bounded_and_counted(tmp_path: Path) -> None:
     assert set(statuses(Faults(fail_paths=["a.bin"], max_faults=0))) == {500}  # whatever the bounds
 
 
+def test_fault_streaks_are_per_request_not_per_file(tmp_path: Path) -> None:
+    """Two clients reading different ranges of one file (two loader workers): neither's requests
+    extend or reset the other's streak, so each sees at most ``max_consecutive`` faults in a row."""
+    (tmp_path / "a.bin").write_bytes(bytes(range(256)) * 40)
+    with serve_directory(tmp_path, faults=Faults(error_rate=1.0, max_consecutive=2)) as srv:
+        url = srv.url_of("a.bin")
+        first, second = {"Range": "bytes=0-9"}, {"Range": "bytes=10-19"}
+        seen = [(_get(url, first)[0], _get(url, second)[0]) for _ in range(3)]
+    assert seen == [(500, 500), (500, 500), (206, 206)]  # per file it would be 500, 500, 206, 500, 500, 206
+
+
 def test_dropped_connections_and_delays(tmp_path: Path) -> None:
     payload = bytes(range(256)) * 64
     (tmp_path / "a.bin").write_bytes(payload)

@@ -68,8 +68,10 @@ class Faults:
             ``None`` sends none.
         suffixes: random faults only hit paths ending with one of these (``(".mp4",)``); ``None``: all.
         max_faults: stop injecting random faults after this many (``None``: no limit).
-        max_consecutive: at most this many random faults in a row on one path; the next request on that
-            path is served normally. Keeps a client with enough retries always able to finish.
+        max_consecutive: at most this many random faults in a row on one request (its method, path and
+            ``Range``); the next identical request is served normally. Keeps a client with enough retries
+            always able to finish, even while other clients (loader workers) read other parts of the same
+            file: their requests neither extend nor reset its streak.
         seed: seed of the fault draws.
     """
 
@@ -192,7 +194,8 @@ class HTTPTestServer:
         return f"{self.url}/{urllib.parse.quote(path.lstrip('/'))}"
 
     # ---- used by the handler ----------------------------------------------------------------------
-    def _record(self, method: str, path: str) -> _Decision:
+    def _record(self, method: str, path: str, range_header: str | None = None) -> _Decision:
+        request = (method, path, range_header)  # what a client's retry repeats
         with self._lock:
             self._requests[(method, path)] += 1
             f = self.faults
@@ -216,7 +219,7 @@ class HTTPTestServer:
                 f.max_faults is None
                 or sum(self._faults_injected[k] for k in ("error", "drop", "throttle")) < f.max_faults
             )
-            streak_ok = self._consecutive[path] < f.max_consecutive
+            streak_ok = self._consecutive[request] < f.max_consecutive
             draw_error, draw_drop = rng.random(), rng.random()  # always draw both: a stable sequence
             draw_throttle = rng.random() if f.throttle_rate > 0 else 1.0  # sequences without it unchanged
             if budget_left and streak_ok and draw_throttle < f.throttle_rate:
@@ -230,9 +233,9 @@ class HTTPTestServer:
                 decision.drop = True
                 self._faults_injected["drop"] += 1
             if decision.error or decision.drop or decision.refuse:
-                self._consecutive[path] += 1
+                self._consecutive[request] += 1
             else:
-                self._consecutive[path] = 0
+                self._consecutive.pop(request, None)
             return decision
 
     def _pace(self, n: int) -> None:
@@ -292,7 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
         if rel is None:
             self._error(HTTPStatus.FORBIDDEN, body)
             return
-        decision = self.state._record(self.command, rel)
+        decision = self.state._record(self.command, rel, self.headers.get("Range"))
         if decision.delay:
             time.sleep(decision.delay)
         if decision.error:
