@@ -9,7 +9,9 @@ reference counting do it).
 from __future__ import annotations
 
 import gc
+import os
 import time
+from pathlib import Path
 
 from streamnodes import build_loader
 from streamnodes.testing_http import serve_directory
@@ -17,8 +19,10 @@ from streamnodes.testing_http import serve_directory
 SETTINGS = {"batch_size": 2, "episode_pool_size": 2, "seed": 1, "decode_threads": 2}
 
 
-def _files(directory) -> list:
-    return [p for p in directory.rglob("*") if p.is_file()]
+def _files(directory: Path) -> list[Path]:
+    """Files under ``directory``; a folder deleted while it is listed (a release on another thread) is
+    skipped, as ``os.walk`` does, where ``Path.rglob`` would raise."""
+    return [Path(root, name) for root, _, names in os.walk(directory) for name in names]
 
 
 def test_shutdown_releases_downloads_and_decoders(video_dataset, tmp_path) -> None:
