@@ -122,6 +122,30 @@ def new_shared_storage(nbytes: int) -> torch.UntypedStorage:
         os.close(fd)
 
 
+def pack_shared(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Contiguous copies of ``tensors``, all carved out of ONE storage from :func:`new_shared_storage`
+    (each starting on a ``SEGMENT_ALIGN`` boundary).
+
+    What a DataLoader worker sends instead of ``default_collate``'s stacked tabular tensors, each of which
+    is its own named ``/dev/shm/torch_*`` segment: one allocation per batch instead of one per key, and
+    nothing a worker killed at any instant could leave behind. The copy costs little: these are the
+    small per-frame values (state, action, indices, pads), not the frames.
+    """
+    if not tensors:
+        return []
+    sizes = [t.numel() * t.element_size() for t in tensors]
+    offsets, total = segment_offsets(sizes)
+    storage = new_shared_storage(max(total, 1))
+    out = []
+    for tensor, offset in zip(tensors, offsets, strict=True):
+        view = torch.empty(0, dtype=tensor.dtype).set_(
+            storage, offset // tensor.element_size(), tensor.shape, _row_major(tensor.shape)
+        )
+        view.copy_(tensor)
+        out.append(view)
+    return out
+
+
 def allocate_cameras(
     layouts: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]],
     dtype: torch.dtype,

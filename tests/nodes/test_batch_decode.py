@@ -18,6 +18,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from streamnodes.collate import (
     allocate_cameras,
     camera_layout,
+    pack_shared,
     plan_decode_calls,
     positions_of,
     segment_offsets,
@@ -25,8 +26,8 @@ from streamnodes.collate import (
 )
 from streamnodes.errors import ConfigError, StateError, StreamNodesError, VideoDecodeError
 from streamnodes.format import open_dataset
-from streamnodes.nodes.batch_decode import BatchDecode
-from streamnodes.nodes.video_decode import VideoDecode
+from streamnodes.nodes.batch_decode import BatchDecode, collate_tabular
+from streamnodes.nodes.video_decode import VideoDecode, to_torch
 from streamnodes.types import VideoQuery
 from tests.nodes.helpers import chain
 from tests.nodes.test_video_decode import CAM, REF_ROOT, ListSource, ref_samples
@@ -161,6 +162,42 @@ def test_allocate_cameras_carves_one_storage(shared):
     out["b"].fill_(2.0)  # the blocks do not overlap
     assert bool((out["a"] == 1.0).all()) and bool((out["b"] == 2.0).all())
     assert allocate_cameras({}, torch.uint8) == {}
+
+
+def test_pack_shared_copies_into_one_shared_storage():
+    tensors = [
+        torch.arange(6, dtype=torch.float32).reshape(2, 3).t(),  # not contiguous: copied as values
+        torch.tensor([[True, False], [False, True]]),
+        torch.tensor(7, dtype=torch.int64),  # 0-d
+        torch.empty(0, 4, dtype=torch.float64),
+        torch.tensor([1.5], dtype=torch.float64),
+    ]
+    out = pack_shared(tensors)
+    assert len(out) == len(tensors)
+    base = out[0].untyped_storage().data_ptr()
+    for got, want in zip(out, tensors, strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want)
+        assert got.is_contiguous() and got.is_shared()
+        assert got.untyped_storage().data_ptr() == base  # one storage for all
+    assert [t.storage_offset() * t.element_size() for t in out] == [0, 64, 128, 192, 192]  # aligned blocks
+    out[1].fill_(True)
+    assert torch.equal(out[0], tensors[0]) and torch.equal(out[4], tensors[4])  # the blocks do not overlap
+    assert pack_shared([]) == []
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_collate_tabular_equals_default_collate(shared):
+    rows = [
+        {"action": np.arange(3, dtype=np.float32) + i, "index": np.int64(i), "task": f"t{i}", "done": i == 1,
+         "pad": np.array([False, i == 0]), "timestamp": np.float32(i / 10)}
+        for i in range(2)
+    ]
+    want = default_collate([{k: to_torch(v) for k, v in row.items()} for row in rows])
+    got = collate_tabular(rows, shared=shared)
+    assert_batch_equal(got, want)
+    tensors = [v for v in got.values() if isinstance(v, torch.Tensor)]
+    assert len(tensors) == 5 and all(t.is_shared() is shared for t in tensors)
+    assert len({t.untyped_storage().data_ptr() for t in tensors}) == (1 if shared else 5)
 
 
 def test_write_frame_float_equals_lerobot_for_every_byte_value():
@@ -506,9 +543,21 @@ def build_for_consumer(root: str, consumer: int, consumers: int) -> BatchDecode:
     return BatchDecode(graph, batch_size=4, image_dtype=torch.uint8, decode_threads=2)
 
 
+def _mapping_of(address: int) -> str:
+    """The name /proc/self/maps gives the mapping holding ``address`` (``/memfd:...``, ``/dev/shm/...``)."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            start, stop = (int(x, 16) for x in fields[0].split("-"))
+            if start <= address < stop:
+                return fields[5].strip() if len(fields) > 5 else ""
+    raise AssertionError(f"{address:#x} is not mapped")
+
+
 class WorkerBatches(IterableDataset):
     """Each DataLoader worker runs its own graph ending in BatchDecode; it reports, from inside the
-    worker, whether the batch's camera tensors were allocated in one shared-memory segment."""
+    worker, where each batch's tensors live: the cameras in one storage, the tabular tensors in one
+    other, both shared, and the memory each is mapped from."""
 
     def __init__(self, root: str) -> None:
         super().__init__()
@@ -518,20 +567,29 @@ class WorkerBatches(IterableDataset):
         info = get_worker_info()
         node = build_for_consumer(self.root, info.id, info.num_workers)
         for batch in node:
-            storages = {batch[key].untyped_storage().data_ptr() for key in (FRONT, WRIST)}
-            shared = all(batch[key].is_shared() for key in (FRONT, WRIST))
-            yield info.id, batch, shared and len(storages) == 1
+            tensors = {key: value for key, value in batch.items() if isinstance(value, torch.Tensor)}
+            groups = {"cameras": [tensors.pop(FRONT), tensors.pop(WRIST)], "tabular": list(tensors.values())}
+            report = {}
+            for group, members in groups.items():
+                storages = {t.untyped_storage().data_ptr() for t in members}
+                mapped = {_mapping_of(t.untyped_storage().data_ptr()) for t in members}
+                report[group] = (len(members) > 1 and all(t.is_shared() for t in members), len(storages), mapped)
+            yield info.id, batch, report
         node.shutdown()
 
 
 def test_batches_from_dataloader_workers_arrive_in_shared_memory(video_dataset):
     loader = StatefulDataLoader(WorkerBatches(str(video_dataset)), batch_size=None, num_workers=2)
     received: dict[int, list[dict[str, Any]]] = {0: [], 1: []}
-    for worker, batch, one_shared_segment in loader:
-        assert one_shared_segment  # allocated in shared memory inside the worker, no second copy
+    for worker, batch, report in loader:
+        # allocated in shared memory inside the worker (no second copy), one anonymous memfd per group:
+        # no named /dev/shm segment that a worker killed mid-batch could leave behind
+        memfd = {"/memfd:streamnodes-batch (deleted)"}
+        assert report == {"cameras": [True, 1, memfd], "tabular": [True, 1, memfd]}, report  # tuples arrive as lists
         for key in (FRONT, WRIST):
             assert batch[key].is_shared()
             assert_layout(batch[key], "channels_last")
+        assert all(v.is_shared() for v in batch.values() if isinstance(v, torch.Tensor))
         received[int(worker)].append(batch)
     for worker in (0, 1):
         expected = list(build_for_consumer(str(video_dataset), worker, 2))

@@ -84,9 +84,10 @@ class _DiskSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             total = 0
-            for path in self.directory.rglob("*"):
-                with contextlib.suppress(FileNotFoundError):  # renamed or deleted while listing
-                    total += path.stat().st_size if path.is_file() else 0
+            for root, _, names in os.walk(self.directory):  # skips a folder deleted while listing
+                for name in names:
+                    with contextlib.suppress(FileNotFoundError):  # renamed or deleted while listing
+                        total += os.stat(os.path.join(root, name)).st_size
             self.peak = max(self.peak, total)
             self.samples += 1
             time.sleep(0.0005)

@@ -5,8 +5,8 @@
   memory; nothing is recycled), with workers sending it through shared memory;
 - ``pin_memory=True`` on a machine without CUDA yields the same batches (pinning is skipped: torch
   has no page-locked memory without an accelerator);
-- workers killed mid-epoch leave no shared-memory segments behind (torch's file-descriptor sharing
-  unlinks each segment as it is created; the test looks in /dev/shm to be sure).
+- workers killed mid-epoch leave no shared-memory segments behind (a batch's tensors live in anonymous
+  memfds, which have no name to leave; the test looks in /dev/shm to be sure).
 """
 
 from __future__ import annotations

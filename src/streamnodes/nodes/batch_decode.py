@@ -6,8 +6,9 @@ tested) and removes most of the time they spend moving pixels rather than decodi
 - **one allocation per batch, in its final layout.** Each camera's ``[B, T, C, H, W]`` (``[B, C, H, W]``
   for single-frame queries) tensor is allocated once, channels-last by default (each frame laid out
   as torchcodec decodes it), and every decoded frame is copied straight into its slot. In a DataLoader
-  worker all cameras of a batch live in ONE shared-memory segment, so sending the batch to the main
-  process copies nothing more (:mod:`streamnodes.collate`).
+  worker all cameras of a batch live in ONE anonymous shared-memory segment (and the tabular tensors in
+  one more), so sending the batch to the main process copies nothing more, and a worker killed at any
+  instant leaves no named segment in ``/dev/shm`` (:mod:`streamnodes.collate`).
 - **decode threads.** torchcodec releases the GIL while decoding (two threads decode ~1.8x one here).
   Work items are (sample, camera) queries; each thread keeps its own
   :class:`~streamnodes.decoder_cache.DecoderCache` (decoders are not thread-safe), bounded by
@@ -42,7 +43,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import default_collate, get_worker_info
+from torch.utils.data import get_worker_info
+from torch.utils.data._utils.collate import collate, default_collate_fn_map
 from torchdata.nodes import BaseNode
 
 from streamnodes.collate import (
@@ -50,6 +52,7 @@ from streamnodes.collate import (
     allocate_cameras,
     camera_layout,
     copy_frame,
+    pack_shared,
     plan_decode_calls,
     positions_of,
     write_frame,
@@ -72,11 +75,34 @@ log = logging.getLogger(__name__)
 CHANNELS = 3  # torchcodec decodes to RGB
 
 
-def collate_tabular(data: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def _stack(batch: Sequence[torch.Tensor], *, collate_fn_map: Any = None) -> torch.Tensor:
+    return torch.stack(list(batch), 0)
+
+
+# default_collate's rules, except that tensors are stacked in ordinary memory even in a worker
+_COLLATE_FN_MAP = {**default_collate_fn_map, torch.Tensor: _stack}
+
+
+def collate_tabular(data: Sequence[Mapping[str, Any]], *, shared: bool = False) -> dict[str, Any]:
     """``default_collate`` of each sample's ``data`` through :func:`to_torch`: exactly what
     ``default_collate`` makes of VideoDecode items minus the cameras (tensors stacked, strings listed,
-    numbers as tensors; in a DataLoader worker, stacked tensors land in shared memory)."""
-    return default_collate([{key: to_torch(value) for key, value in row.items()} for row in data])
+    numbers as tensors).
+
+    ``shared`` (in a DataLoader worker): every tensor of the batch is then moved into one anonymous
+    shared-memory storage (:func:`~streamnodes.collate.pack_shared`), where ``default_collate`` would
+    make one named ``/dev/shm`` segment per key.
+    """
+    batch = collate([{key: to_torch(value) for key, value in row.items()} for row in data],
+                    collate_fn_map=_COLLATE_FN_MAP)
+    return _share_tensors(batch) if shared else batch
+
+
+def _share_tensors(batch: dict[str, Any]) -> dict[str, Any]:
+    """``batch`` with its tensors in one shared storage (a collated row of scalars and arrays has them
+    at the top level only; anything else is sent as torch sends it)."""
+    keys = [key for key, value in batch.items() if isinstance(value, torch.Tensor)]
+    batch.update(zip(keys, pack_shared([batch[key] for key in keys]), strict=True))
+    return batch
 
 
 def decode_query_into(
@@ -345,7 +371,7 @@ class BatchDecode(BaseNode[dict[str, Any]]):
     def _finish(self, pending: _Pending) -> dict[str, Any]:
         if pending.error is not None:
             raise pending.error
-        batch = collate_tabular([sample.data for sample in pending.samples])
+        batch = collate_tabular([sample.data for sample in pending.samples], shared=get_worker_info() is not None)
         if pending.cameras is None:
             cameras = self._allocate(pending.samples)
             for slot, sample in enumerate(pending.samples):
