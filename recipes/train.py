@@ -36,6 +36,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -610,6 +611,7 @@ def train(
     t0 = time.perf_counter()
     try:
         while progress.step < args.steps:
+            CTRL_C.check()
             batch = next(batches)
             if progress.first_batch_s is None:
                 progress.first_batch_s = time.perf_counter() - t0
@@ -724,6 +726,57 @@ def nothing_to_do(args: argparse.Namespace, session: Session, resumed: Resumed) 
     return {"steps": resumed.step, "steps_this_run": 0, "resumed_from": str(resumed.path), "nothing_to_do": True}
 
 
+class CtrlC:
+    """Python's Ctrl-C (SIGINT raises KeyboardInterrupt), plus a note that it happened, checked every step.
+
+    CPython swallows an exception raised inside an at-fork callback or a finalizer. A Ctrl-C that lands
+    while a DataLoader worker is being forked was printed as "Exception ignored in: <function
+    _releaseLock ...>" with a traceback, and training went on. The note makes the next step stop the run
+    anyway, and while installed the swallowed KeyboardInterrupt is logged at debug level instead of
+    printed (other unraisable exceptions still go to the previous ``sys.unraisablehook``).
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a Ctrl-C came and its exception was swallowed."""
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[CtrlC]:
+        """Handle SIGINT while the block runs, where Python's own handler is in place (not when SIGINT is
+        ignored, as for a background job, or when called off the main thread)."""
+        previous = signal.getsignal(signal.SIGINT)
+        mine = previous is signal.default_int_handler and threading.current_thread() is threading.main_thread()
+        if not mine:
+            yield self
+            return
+        previous_hook = sys.unraisablehook
+
+        def hook(unraisable: Any) -> None:
+            if self.pressed and isinstance(unraisable.exc_value, KeyboardInterrupt):
+                log.debug("Ctrl-C raised where Python drops exceptions (%s); stopping at the next step", unraisable.object)
+                return
+            previous_hook(unraisable)
+
+        signal.signal(signal.SIGINT, self)
+        sys.unraisablehook = hook
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            sys.unraisablehook = previous_hook
+
+
+CTRL_C = CtrlC()
+
+
 @dataclass
 class Live:
     """What a Ctrl-C needs to know, filled in as the run gets going."""
@@ -816,13 +869,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run; on Ctrl-C (SIGINT) stop the loader, print one line saying where and how to resume, exit 130.
 
     A Ctrl-C in a terminal reaches the DataLoader workers too: torch's worker loop ends quietly on
-    KeyboardInterrupt, and the main process shuts them down (``loader.shutdown()``).
+    KeyboardInterrupt, and the main process shuts them down (``loader.shutdown()``). One that CPython
+    swallowed (:class:`CtrlC`) stops the run at the next step.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     live = Live()
     try:
-        return run(args, live)
+        with CTRL_C.installed():
+            return run(args, live)
     except KeyboardInterrupt:
         with contextlib.suppress(ValueError):  # only the main thread may set handlers
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not interrupt the clean-up
