@@ -752,6 +752,7 @@ class CtrlC:
     def installed(self) -> Iterator[CtrlC]:
         """Handle SIGINT while the block runs, where Python's own handler is in place (not when SIGINT is
         ignored, as for a background job, or when called off the main thread)."""
+        self.pressed = False  # a run in the same process starts without the last one's Ctrl-C
         previous = signal.getsignal(signal.SIGINT)
         mine = previous is signal.default_int_handler and threading.current_thread() is threading.main_thread()
         if not mine:

@@ -194,7 +194,7 @@ class HTTPTestServer:
         return f"{self.url}/{urllib.parse.quote(path.lstrip('/'))}"
 
     # ---- used by the handler ----------------------------------------------------------------------
-    def _record(self, method: str, path: str, range_header: str | None = None) -> _Decision:
+    def _record(self, method: str, path: str, range_header: str | None) -> _Decision:
         request = (method, path, range_header)  # what a client's retry repeats
         with self._lock:
             self._requests[(method, path)] += 1

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -94,18 +93,15 @@ def test_pin_memory_without_cuda_gives_the_same_batches(video_dataset) -> None:
 
 
 KILL_SCRIPT = """
-import json, os, signal, sys
+import os, signal, sys
 
 import psutil
-import torch
 
-from streamnodes import build_loader
+from tests.recipes.test_batch_memory import CAMERAS, _loader
 
-loader = build_loader(sys.argv[1], batch_size=2, image_dtype=torch.uint8, delta_timestamps=json.loads(sys.argv[2]),
-                      episode_pool_size=2, seed=3, num_workers=2, prefetch_factor=4)
-it = iter(loader)
+it = iter(_loader(sys.argv[1], num_workers=2, batch_size=2, prefetch_factor=4))
 first = next(it)
-print("shared", first[sys.argv[3]].is_shared(), flush=True)
+print("shared", first[CAMERAS[0]].is_shared(), flush=True)
 workers = psutil.Process().children(recursive=True)
 print("workers", len(workers), flush=True)
 for worker in workers:
@@ -130,8 +126,8 @@ def test_killed_workers_leave_no_shared_memory(video_dataset) -> None:
     (what made this test flaky); the child silences the handler once the first error has reached it."""
     before = _shm_entries()
     child = subprocess.run(
-        [sys.executable, "-c", KILL_SCRIPT, str(video_dataset), json.dumps(DELTAS), CAMERAS[0]],
-        capture_output=True, text=True, timeout=180,
+        [sys.executable, "-c", KILL_SCRIPT, str(video_dataset)], capture_output=True, text=True, timeout=180,
+        cwd=Path(__file__).resolve().parents[2],  # the repository root: the child imports this module
     )
     lines = child.stdout.splitlines()
     assert lines[:2] == ["shared True", "workers 2"], (child.stdout, child.stderr)

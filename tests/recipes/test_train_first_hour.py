@@ -245,6 +245,7 @@ def test_ctrl_c_handler_is_installed_only_where_python_handles_sigint() -> None:
     try:
         with ctrl_c.installed():
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert not ctrl_c.pressed  # a new run does not inherit the last one's Ctrl-C
     finally:
         signal.signal(signal.SIGINT, previous)
 
